@@ -1,0 +1,486 @@
+"""Exports a Karlo-layout diffusers unCLIP checkpoint to an unclip ONNX bundle (DESIGN §3).
+
+    python export/export_bundle.py CHECKPOINT_DIR OUT_DIR [--fp16] [--opset N]
+                                   [--external-data auto|always|never] [--name NAME]
+
+Every component becomes one ONNX file with a dynamic batch dimension (torch's legacy TorchScript
+exporter, which NOTES found to work for every unCLIP component). Each file is checked in ONNX
+Runtime against the torch module on random inputs at batch sizes other than the traced one; the
+export fails above 1e-4 (fp32) / 1e-2 (fp16) max abs difference. `bundle.json` records names,
+dtypes and shapes of every input and output, scheduler configs, defaults, constants and the
+sha256 of every file, so the Rust loader can validate a bundle before its first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import register_text_proj  # noqa: E402
+
+FORMAT_VERSION = 1
+EXPORTER_VERSION = "0.1.0"
+TWO_GB = 2**31 - 1
+TRACE_BATCH = 2
+CHECK_BATCHES = (1, 3)
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+
+# Karlo's sampling defaults (diffusers UnCLIPPipeline.__call__ signature).
+DEFAULTS = {"prior": (25, 4.0), "decoder": (25, 8.0), "super_res": (7, None)}
+
+
+# ---- wrappers: plain tensors in, plain tensors out, names fixed by the bundle format ----------
+
+
+class TextEncoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        # diffusers' UnCLIPPipeline._encode_prompt calls the text encoder without an attention
+        # mask (CLIP's causal mask only), so the bundle's text encoder takes ids alone.
+        out = self.model(input_ids)
+        return out.text_embeds, out.last_hidden_state
+
+
+class ImageEncoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values).image_embeds
+
+
+class Prior(torch.nn.Module):
+    """PriorTransformer without `post_process_latents` (done in Rust from clip_mean/clip_std)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states, timestep, proj_embedding, encoder_hidden_states, attention_mask):
+        return self.model(
+            hidden_states,
+            timestep=timestep,
+            proj_embedding=proj_embedding,
+            encoder_hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+        ).predicted_image_embedding
+
+
+class TextProj(torch.nn.Module):
+    def __init__(self, model, cfg: bool):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, image_embeddings, prompt_embeds, text_encoder_hidden_states):
+        return self.model(
+            image_embeddings=image_embeddings,
+            prompt_embeds=prompt_embeds,
+            text_encoder_hidden_states=text_encoder_hidden_states,
+            do_classifier_free_guidance=self.cfg,
+        )
+
+
+class Decoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels, attention_mask):
+        return self.model(
+            sample=sample,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            class_labels=class_labels,
+            attention_mask=attention_mask,
+        ).sample
+
+
+class SuperRes(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep):
+        return self.model(sample=sample, timestep=timestep).sample
+
+
+# ---- export machinery --------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def constants_to_initializers(model) -> None:
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = node.attribute[0].t
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def io_spec(name: str, tensor: torch.Tensor, dims: dict[int, str]) -> dict:
+    shape = [dims.get(i, int(s)) for i, s in enumerate(tensor.shape)]
+    dtype = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16"}[tensor.dtype]
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+class Exporter:
+    def __init__(self, out: Path, opset: int, fp16: bool, external_data: str):
+        self.out = out
+        self.opset = opset
+        self.fp16 = fp16
+        self.external_data = external_data
+        self.models: dict[str, dict] = {}
+        self.report: dict[str, dict] = {}
+
+    def export(self, key: str, module: torch.nn.Module, inputs: dict, outputs: list[str], dims: dict, make_inputs):
+        """Exports `module` to `<key>.onnx`, checks it in ONNX Runtime, records its manifest entry.
+
+        `inputs` are example tensors at TRACE_BATCH; `dims[name]` maps axis → symbolic name;
+        `make_inputs(batch)` builds fresh random inputs for the ORT check."""
+        import onnx
+
+        started = time.time()
+        path = self.out / f"{key}.onnx"
+        tmp = self.out / f".{key}.tmp"
+        tmp.mkdir(exist_ok=True)
+        raw = tmp / "model.onnx"
+        module.eval()
+        with torch.no_grad():
+            example_out = module(*inputs.values())
+        if isinstance(example_out, torch.Tensor):
+            example_out = (example_out,)
+        dynamic_axes = {n: dims.get(n, {}) for n in list(inputs) + outputs}
+        torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            str(raw),
+            input_names=list(inputs),
+            output_names=outputs,
+            dynamic_axes={k: v for k, v in dynamic_axes.items() if v},
+            opset_version=self.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        model = onnx.load(str(raw), load_external_data=True)
+        if self.fp16:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            # Inputs and outputs stay float32: the runtime's tensors are f32 whatever the weights.
+            # Constant nodes become initializers first: the converter keeps initializers feeding
+            # blocked ops (Resize scales) in float32, but converts Constant nodes, which ORT rejects.
+            constants_to_initializers(model)
+            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        for stale in list(self.out.glob(f"{key}.onnx*")):
+            stale.unlink()
+        size = model.ByteSize()
+        external = self.external_data == "always" or (self.external_data == "auto" and size > TWO_GB)
+        if size > TWO_GB and self.external_data == "never":
+            raise SystemExit(f"{key}: {size} bytes exceeds protobuf's 2 GB limit; use --external-data auto")
+        entry = {"file": path.name}
+        if external:
+            data_name = f"{key}.onnx.data"
+            # torch writes a >2 GB model as hundreds of per-tensor files (NOTES); one file per model.
+            onnx.save_model(
+                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=data_name, size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(path))
+        shutil.rmtree(tmp)
+        entry["sha256"] = sha256(path)
+        if external:
+            entry["external_data"] = [{"file": data_name, "sha256": sha256(self.out / data_name)}]
+        entry["inputs"] = [io_spec(n, t, dims.get(n, {})) for n, t in inputs.items()]
+        entry["outputs"] = [io_spec(n, t, dims.get(n, {})) for n, t in zip(outputs, example_out)]
+        max_diff = self.check(key, module, path, make_inputs)
+        self.models[key] = entry
+        files = [path] + ([self.out / data_name] if external else [])
+        self.report[key] = {
+            "max_abs_diff": max_diff,
+            "bytes": sum(f.stat().st_size for f in files),
+            "seconds": round(time.time() - started, 2),
+            "external_data": external,
+        }
+        print(f"  {key:<16} max|ort-torch| = {max_diff:.3e}  {self.report[key]['bytes']:>12} bytes  "
+              f"{self.report[key]['seconds']:.1f} s", flush=True)
+
+    def check(self, key: str, module, path: Path, make_inputs) -> float:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        worst = 0.0
+        for batch in CHECK_BATCHES:
+            feeds = make_inputs(batch)
+            with torch.no_grad():
+                expected = module(*feeds.values())
+            if isinstance(expected, torch.Tensor):
+                expected = (expected,)
+            got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+            for e, g in zip(expected, got):
+                if tuple(e.shape) != g.shape:
+                    raise SystemExit(f"{key}: batch {batch}: ORT shape {g.shape} != torch {tuple(e.shape)}")
+                worst = max(worst, float(np.abs(e.float().numpy() - g).max()))
+        tol = TOLERANCE["float16" if self.fp16 else "float32"]
+        if not worst <= tol:
+            raise SystemExit(f"{key}: ONNX Runtime differs from torch by {worst:.3e} > {tol:.0e}")
+        return worst
+
+
+def scheduler_config(checkpoint: Path, name: str) -> dict:
+    return json.loads((checkpoint / name / "scheduler_config.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="Karlo-layout diffusers checkpoint directory")
+    ap.add_argument("out", type=Path, help="bundle directory to write")
+    ap.add_argument("--fp16", action="store_true", help="store weights in float16 (I/O stays float32)")
+    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
+                    help="weights in a separate .data file: auto = only above protobuf's 2 GB limit")
+    ap.add_argument("--name", help="model name recorded in bundle.json (default: checkpoint folder name)")
+    ap.add_argument("--no-image-encoder", action="store_true", help="skip the CLIP image tower")
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    register_text_proj()
+    import diffusers
+    import transformers
+    from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    ckpt: Path = args.checkpoint
+    if not (ckpt / "model_index.json").exists():
+        raise SystemExit(f"{ckpt} is not a diffusers checkpoint (no model_index.json)")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ex = Exporter(out, args.opset, args.fp16, args.external_data)
+    started = time.time()
+    print(f"exporting {ckpt} -> {out}", flush=True)
+
+    def load(cls, sub, **kw):
+        return cls.from_pretrained(ckpt / sub, torch_dtype=torch.float32, **kw).eval()
+
+    # -- tokenizer: the HF tokenizers JSON that the Rust `tokenizers` crate reads.
+    tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    max_length = int(tokenizer.model_max_length)
+
+    # -- text encoder
+    text_encoder = load(CLIPTextModelWithProjection, "text_encoder")
+    vocab = text_encoder.config.vocab_size
+
+    def ids(b):
+        return {"input_ids": torch.randint(0, vocab, (b, max_length), dtype=torch.int64)}
+
+    ex.export("text_encoder", TextEncoder(text_encoder), ids(TRACE_BATCH), ["text_embeds", "last_hidden_state"],
+              {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}, "last_hidden_state": {0: "batch"}}, ids)
+    dim = text_encoder.config.projection_dim
+    text_hidden = text_encoder.config.hidden_size
+
+    # -- image encoder (optional: Karlo's text-to-image checkpoint has none)
+    has_image_encoder = (ckpt / "image_encoder").exists() and not args.no_image_encoder
+    image_size = 224
+    if has_image_encoder:
+        image_encoder = load(CLIPVisionModelWithProjection, "image_encoder")
+        image_size = image_encoder.config.image_size
+
+        def pixels(b):
+            return {"pixel_values": torch.randn(b, 3, image_size, image_size)}
+
+        ex.export("image_encoder", ImageEncoder(image_encoder), pixels(TRACE_BATCH), ["image_embeds"],
+                  {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}, pixels)
+
+    # -- prior
+    prior = load(PriorTransformer, "prior")
+    num_embeddings = prior.config.num_embeddings
+
+    def prior_inputs(b):
+        mask = torch.ones(b, num_embeddings, dtype=torch.int64)
+        mask[:, torch.randint(1, num_embeddings, (1,)).item():] = 0
+        return {
+            "hidden_states": torch.randn(b, dim),
+            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
+            "proj_embedding": torch.randn(b, dim),
+            "encoder_hidden_states": torch.randn(b, num_embeddings, text_hidden),
+            "attention_mask": mask,
+        }
+
+    batch0 = {0: "batch"}
+    ex.export("prior", Prior(prior), prior_inputs(TRACE_BATCH), ["predicted_image_embedding"],
+              {k: batch0 for k in ["hidden_states", "timestep", "proj_embedding", "encoder_hidden_states",
+                                   "attention_mask", "predicted_image_embedding"]}, prior_inputs)
+
+    # -- text_proj, in its non-CFG and CFG forms (the CFG form prepends the learned null embedding)
+    text_proj = load(UnCLIPTextProjModel, "text_proj")
+    extra = text_proj.config.clip_extra_context_tokens
+
+    def proj_inputs(cfg):
+        def make(b):
+            tb = 2 * b if cfg else b
+            return {
+                "image_embeddings": torch.randn(b, dim),
+                "prompt_embeds": torch.randn(tb, dim),
+                "text_encoder_hidden_states": torch.randn(tb, max_length, text_hidden),
+            }
+        return make
+
+    for key, cfg in (("text_proj", False), ("text_proj_cfg", True)):
+        tb = "cfg_batch" if cfg else "batch"
+        ex.export(key, TextProj(text_proj, cfg), proj_inputs(cfg)(TRACE_BATCH),
+                  ["encoder_hidden_states", "additive_clip_time_embeddings"],
+                  {"image_embeddings": batch0, "prompt_embeds": {0: tb}, "text_encoder_hidden_states": {0: tb},
+                   "encoder_hidden_states": {0: tb}, "additive_clip_time_embeddings": {0: tb}}, proj_inputs(cfg))
+
+    # -- decoder
+    decoder = load(UNet2DConditionModel, "decoder")
+    dsize = decoder.config.sample_size
+    dsize = dsize if isinstance(dsize, int) else dsize[0]
+    din = decoder.config.in_channels
+    cross = decoder.config.cross_attention_dim
+    time_embed = text_proj.config.time_embed_dim
+
+    def decoder_inputs(b):
+        mask = torch.ones(b, extra + max_length, dtype=torch.int64)
+        mask[:, extra + torch.randint(1, max_length, (1,)).item():] = 0
+        return {
+            "sample": torch.randn(b, din, dsize, dsize),
+            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
+            "encoder_hidden_states": torch.randn(b, extra + max_length, cross),
+            "class_labels": torch.randn(b, time_embed),
+            "attention_mask": mask,
+        }
+
+    ex.export("decoder", Decoder(decoder), decoder_inputs(TRACE_BATCH), ["noise_pred"],
+              {k: batch0 for k in ["sample", "timestep", "encoder_hidden_states", "class_labels", "attention_mask",
+                                   "noise_pred"]}, decoder_inputs)
+
+    # -- super-resolution 64 → 256 (first for every step but the last, last for the last)
+    sr_first = load(UNet2DModel, "super_res_first")
+    sr_size = sr_first.config.sample_size
+    sr_size = sr_size if isinstance(sr_size, int) else sr_size[0]
+    sr_in = sr_first.config.in_channels
+
+    def sr_inputs(b):
+        return {"sample": torch.randn(b, sr_in, sr_size, sr_size),
+                "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64)}
+
+    sr_dims = {k: batch0 for k in ["sample", "timestep", "noise_pred"]}
+    ex.export("super_res_first", SuperRes(sr_first), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs)
+    del sr_first
+    sr_last = load(UNet2DModel, "super_res_last")
+    ex.export("super_res_last", SuperRes(sr_last), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs)
+
+    # -- manifest
+    feature = {}
+    fe_path = ckpt / "feature_extractor" / "preprocessor_config.json"
+    if fe_path.exists():
+        feature = json.loads(fe_path.read_text())
+    crop = feature.get("crop_size", {"height": image_size})
+    crop = crop["height"] if isinstance(crop, dict) else int(crop)
+    shortest = feature.get("size", {"shortest_edge": image_size})
+    shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
+    model_name = args.name or ckpt.resolve().name
+    prior_steps, prior_gs = DEFAULTS["prior"]
+    decoder_steps, decoder_gs = DEFAULTS["decoder"]
+    sr_steps, _ = DEFAULTS["super_res"]
+    manifest = {
+        "format": "unclip-bundle",
+        "format_version": FORMAT_VERSION,
+        "name": model_name,
+        "source": ckpt.resolve().name,
+        "exporter": {
+            "version": EXPORTER_VERSION, "opset": args.opset, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        },
+        "dtype": "float16" if args.fp16 else "float32",
+        "embedding_dim": dim,
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "sha256": sha256(out / "tokenizer.json"),
+            "max_length": max_length,
+            "pad_token": str(tokenizer.pad_token),
+            "pad_id": int(tokenizer.pad_token_id),
+        },
+        "image_processor": {
+            "shortest_edge": shortest,
+            "crop_size": crop,
+            "resample": "bicubic",
+            "rescale_factor": feature.get("rescale_factor", 1 / 255),
+            "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+            "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+        },
+        "models": ex.models,
+        "text_encoder": {"model": "text_encoder"},
+        "image_encoder": {"model": "image_encoder"} if has_image_encoder else None,
+        "prior": {
+            "model": "prior",
+            "scheduler": scheduler_config(ckpt, "prior_scheduler"),
+            "default_steps": prior_steps,
+            "default_guidance_scale": prior_gs,
+            "clip_mean": prior.clip_mean.detach().reshape(-1).tolist(),
+            "clip_std": prior.clip_std.detach().reshape(-1).tolist(),
+        },
+        "decoder": {
+            "model": "decoder",
+            "text_proj": "text_proj",
+            "text_proj_cfg": "text_proj_cfg",
+            "scheduler": scheduler_config(ckpt, "decoder_scheduler"),
+            "default_steps": decoder_steps,
+            "default_guidance_scale": decoder_gs,
+            "sample_size": dsize,
+            "in_channels": din,
+            "clip_extra_context_tokens": extra,
+        },
+        "upsamplers": [
+            {
+                "name": f"sr{sr_size}",
+                "first": "super_res_first",
+                "last": "super_res_last",
+                "scheduler": scheduler_config(ckpt, "super_res_scheduler"),
+                "default_steps": sr_steps,
+                "sample_size": sr_size,
+                "in_channels": sr_in // 2,
+            }
+        ],
+    }
+    if manifest["image_encoder"] is None:
+        del manifest["image_encoder"]
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    summary = {"bundle": str(out), "seconds": round(time.time() - started, 1), "models": ex.report}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
