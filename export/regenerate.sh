@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerates every fixture, in dependency order, with the venv of export/README.md.
+#   export/regenerate.sh [PYTHON]
+# Deterministic: a second run writes the same bytes (checked with `git status` after a rerun);
+# torch runs single-threaded in reference.py so reductions keep one order.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-${PYTHON:-.venv/bin/python}}
+"$PY" export/make_tiny.py tests/fixtures/tiny-karlo
+"$PY" export/export_bundle.py tests/fixtures/tiny-karlo models/tiny --name tiny
+"$PY" export/reference.py --out tests/fixtures/ref
+"$PY" export/torch_rng_vectors.py
+"$PY" export/scheduler_reference.py
+"$PY" export/image_io_reference.py
+echo "fixtures regenerated; sizes:"
+du -sh tests/fixtures/* models/tiny
