@@ -23,6 +23,9 @@ pub enum Error {
     /// An error reported by ONNX Runtime itself.
     #[error("ONNX Runtime error in {context}: {message}")]
     Ort { context: String, message: String },
+    /// ONNX Runtime could not load a model file (truncated, corrupt, or unsupported operators).
+    #[error("cannot load ONNX model {path}: {message}; the file may be truncated or corrupt, re-export the bundle")]
+    ModelLoad { path: PathBuf, message: String },
     /// A requested execution provider is not available in this ONNX Runtime build.
     #[error("execution provider {provider} is not available: {reason}. {fix}")]
     ProviderUnavailable {
@@ -31,7 +34,7 @@ pub enum Error {
         fix: String,
     },
     /// A `--device` string that does not parse.
-    #[error("unknown device {0:?}: expected cpu, cuda[:N] or tensorrt[:N]")]
+    #[error("unknown device {0:?}: expected cpu, cuda[:N] or tensorrt[:N] (N = GPU index)")]
     UnknownDevice(String),
 
     // ---- bundles --------------------------------------------------------------------------

@@ -3,9 +3,20 @@
 //! Every network runs in ONNX Runtime; Rust owns tokenization, schedulers, classifier-free
 //! guidance, noise and image processing. See `DESIGN.md` for the data flow.
 
+pub mod bundle;
 pub mod error;
+pub mod guidance;
 pub mod image_io;
 pub mod noise;
+pub mod npy;
+pub mod pipeline;
+pub mod runtime;
 pub mod schedulers;
+pub mod stages;
+pub mod text;
 
+pub use bundle::Bundle;
 pub use error::{Error, Result};
+pub use noise::{NoiseSource, RngKind};
+pub use pipeline::{Generation, Pipeline, TextToImage};
+pub use runtime::{Device, Runtime};

@@ -1,1 +1,502 @@
-fn main(){}
+//! The `unclip` command line: a thin shell over the library.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use unclip::bundle::{Bundle, Dim};
+use unclip::pipeline::{Generation, TextToImage};
+use unclip::runtime::TensorRtOptions;
+use unclip::stages::{Progress, Stage};
+use unclip::{noise, npy, Device, Pipeline, RngKind, Runtime};
+
+#[derive(Parser)]
+#[command(name = "unclip", version, about = "unCLIP (DALL·E 2) text-to-image on ONNX Runtime")]
+struct Cli {
+    /// No progress bars or log lines on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from prompts.
+    Generate(GenerateArgs),
+    /// Time every stage over several runs; JSON on stdout.
+    Bench(BenchArgs),
+    /// Print a bundle's stages, shapes and defaults.
+    Info {
+        /// Bundle directory (default: $UNCLIP_MODEL or the default bundle).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// Bundle directory (default: $UNCLIP_MODEL or the default bundle, models/tiny).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu, cuda[:N] or tensorrt[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Path of libonnxruntime (default: ORT_DYLIB_PATH, then the usual places; see README).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: engine and timing cache directory.
+    #[arg(long)]
+    trt_cache_dir: Option<PathBuf>,
+    /// TensorRT: builder workspace limit in MiB.
+    #[arg(long)]
+    trt_workspace_mib: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Prompts (several prompts make one batch; none = the empty prompt).
+    prompts: Vec<String>,
+    /// Seed of the noise generator (default: random, printed and stored in the PNG).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Noise generator: torch (bit-exact with torch.Generator("cpu"), same images as diffusers) or fast.
+    #[arg(long, default_value = "fast")]
+    rng: RngKind,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Replaces the empty prompt of classifier-free guidance.
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    #[arg(long)]
+    prior_steps: Option<usize>,
+    #[arg(long)]
+    decoder_steps: Option<usize>,
+    /// Steps per upsampler, comma-separated (e.g. 7 or 7,5).
+    #[arg(long, value_delimiter = ',')]
+    sr_steps: Vec<usize>,
+    #[arg(long)]
+    prior_guidance_scale: Option<f32>,
+    #[arg(long)]
+    decoder_guidance_scale: Option<f32>,
+    /// Use these CLIP image embeddings (.npy, (D,) or (N, D)) instead of running the prior.
+    #[arg(long)]
+    image_embedding: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Output PNG; several images become OUT_0.png, OUT_1.png, ….
+    #[arg(long, short, default_value = "out.png")]
+    out: PathBuf,
+    /// Write every intermediate tensor as .npy into this directory.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Save the image embeddings used (.npy) for reuse with --image-embedding.
+    #[arg(long)]
+    save_image_embedding: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Timed runs.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !cli.quiet {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("UNCLIP_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    let result = match cli.command {
+        Command::Generate(args) => generate(args, cli.quiet),
+        Command::Bench(args) => bench(args, cli.quiet),
+        Command::Info { model } => info(model),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The bundle used when --model is not given.
+fn default_model() -> PathBuf {
+    if let Some(dir) = std::env::var_os("UNCLIP_MODEL") {
+        return PathBuf::from(dir);
+    }
+    let local = PathBuf::from("models/tiny");
+    if local.join("bundle.json").exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
+}
+
+fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
+    let device: Device = args.device.parse()?;
+    let mut builder = Runtime::builder().device(device).tensorrt(TensorRtOptions {
+        fp16: args.trt_fp16,
+        cache_dir: args.trt_cache_dir.clone(),
+        max_workspace_size: args.trt_workspace_mib.map(|m| m << 20),
+    });
+    if let Some(lib) = &args.ort_lib {
+        builder = builder.library(lib);
+    }
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        builder = builder.threads(threads);
+    }
+    Ok(builder.build()?)
+}
+
+fn load(args: &RuntimeArgs) -> Result<Pipeline> {
+    let model = args.model.clone().unwrap_or_else(default_model);
+    let runtime = runtime(args)?;
+    Pipeline::load(&runtime, &model).with_context(|| format!("loading bundle {}", model.display()))
+}
+
+fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
+    let prompts = if args.prompts.is_empty() { vec![String::new()] } else { args.prompts.clone() };
+    let image_embeddings = match &args.image_embedding {
+        Some(path) => Some(npy::read_embeddings(path)?),
+        None => None,
+    };
+    Ok(TextToImage {
+        prompts,
+        negative_prompt: args.negative_prompt.clone(),
+        num_images_per_prompt: Some(args.num_images),
+        prior_steps: args.prior_steps,
+        decoder_steps: args.decoder_steps,
+        super_res_steps: args.sr_steps.clone(),
+        prior_guidance_scale: args.prior_guidance_scale,
+        decoder_guidance_scale: args.decoder_guidance_scale,
+        image_embeddings,
+        record_intermediates: record,
+    })
+}
+
+fn seed_of(args: &SamplingArgs) -> u64 {
+    args.seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        (nanos as u64) ^ (std::process::id() as u64).rotate_left(32)
+    })
+}
+
+/// Progress bars, one per stage, on stderr.
+struct Bars {
+    multi: Option<MultiProgress>,
+    current: Option<(Stage, ProgressBar)>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Self {
+        Bars {
+            multi: (!quiet).then(MultiProgress::new),
+            current: None,
+        }
+    }
+
+    fn update(&mut self, p: Progress) -> ControlFlow<()> {
+        let Some(multi) = &self.multi else { return ControlFlow::Continue(()) };
+        if p.stage == Stage::Text {
+            return ControlFlow::Continue(());
+        }
+        if self.current.as_ref().is_none_or(|(stage, _)| *stage != p.stage) {
+            if let Some((_, bar)) = self.current.take() {
+                bar.finish();
+            }
+            let bar = multi.add(ProgressBar::new(p.steps as u64));
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(p.stage.to_string());
+            self.current = Some((p.stage, bar));
+        }
+        if let Some((_, bar)) = &self.current {
+            bar.set_position(p.step as u64);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, bar)) = self.current.take() {
+            bar.finish();
+        }
+    }
+}
+
+fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    (0..count).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
+}
+
+/// Everything needed to reproduce an image, stored as PNG text chunks.
+fn metadata(pipeline: &Pipeline, args: &SamplingArgs, seed: u64, generation: &Generation, index: usize) -> Vec<(String, String)> {
+    let s = &generation.settings;
+    let per_prompt = s.num_images_per_prompt.max(1);
+    let prompts = if args.prompts.is_empty() { vec![String::new()] } else { args.prompts.clone() };
+    let bundle = pipeline.bundle();
+    let mut meta = vec![
+        ("prompt".to_string(), prompts[index / per_prompt].clone()),
+        ("seed".into(), seed.to_string()),
+        ("rng".into(), args.rng.to_string()),
+        ("num_images_per_prompt".into(), s.num_images_per_prompt.to_string()),
+        ("batch_prompts".into(), serde_json::to_string(&prompts).unwrap_or_default()),
+        ("image_index".into(), index.to_string()),
+        ("prior_steps".into(), s.prior_steps.to_string()),
+        ("decoder_steps".into(), s.decoder_steps.to_string()),
+        (
+            "super_res_steps".into(),
+            s.super_res_steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        ),
+        ("prior_guidance_scale".into(), s.prior_guidance_scale.to_string()),
+        ("decoder_guidance_scale".into(), s.decoder_guidance_scale.to_string()),
+        ("model".into(), bundle.manifest.name.clone()),
+        ("model_sha256".into(), bundle.manifest_sha256.clone()),
+        ("unclip_version".into(), env!("CARGO_PKG_VERSION").to_string()),
+    ];
+    if let Some(negative) = &args.negative_prompt {
+        meta.push(("negative_prompt".into(), negative.clone()));
+    }
+    if let Some(path) = &args.image_embedding {
+        meta.push(("image_embedding".into(), path.display().to_string()));
+    }
+    meta
+}
+
+fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.runtime)?;
+    let request = request(&args.sampling, args.dump.is_some())?;
+    let seed = seed_of(&args.sampling);
+    let mut noise = noise::noise_source(args.sampling.rng, seed);
+    let mut bars = Bars::new(quiet);
+    let generation = pipeline.generate(&request, noise.as_mut(), &mut |p| bars.update(p))?;
+    bars.finish();
+    let paths = output_paths(&args.out, generation.images.len());
+    for (i, (image, path)) in generation.images.iter().zip(&paths).enumerate() {
+        let meta = metadata(&pipeline, &args.sampling, seed, &generation, i);
+        unclip::image_io::save_png(path, image, &meta).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.save_image_embedding {
+        npy::write(path, &unclip::pipeline::Tensor::F32(generation.image_embeddings.clone().into_dyn()))?;
+    }
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, tensor) in &generation.intermediates {
+            npy::write(&dir.join(format!("{name}.npy")), tensor)?;
+        }
+    }
+    let total = generation.timings.last().map_or(0.0, |t| t.seconds);
+    if args.json {
+        let summary = json!({
+            "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "seed": seed,
+            "rng": args.sampling.rng.to_string(),
+            "seconds": total,
+            "timings": generation.timings.iter().map(|t| json!({"stage": t.stage, "seconds": t.seconds, "ort_seconds": t.ort_seconds})).collect::<Vec<_>>(),
+        });
+        println!("{summary}");
+    } else if !quiet {
+        for path in &paths {
+            eprintln!("wrote {} (seed {seed}, {total:.2} s)", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn stats(values: &mut [f64]) -> serde_json::Value {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let median = if values.is_empty() {
+        0.0
+    } else if values.len() % 2 == 1 {
+        values[values.len() / 2]
+    } else {
+        (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
+    };
+    json!({
+        "min": values.first().copied().unwrap_or(0.0),
+        "median": median,
+        "max": values.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let load_started = Instant::now();
+    let pipeline = load(&args.runtime)?;
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let request = request(&args.sampling, false)?;
+    let seed = args.sampling.seed.unwrap_or(0);
+    let mut per_stage: Vec<(String, Vec<f64>)> = Vec::new();
+    let (mut wall, mut ort) = (0.0, 0.0);
+    let mut settings = None;
+    for run in 0..args.warmup + args.runs {
+        let mut noise = noise::noise_source(args.sampling.rng, seed);
+        let generation = pipeline.generate(&request, noise.as_mut(), &mut |_| ControlFlow::Continue(()))?;
+        if !quiet {
+            let total = generation.timings.last().map_or(0.0, |t| t.seconds);
+            eprintln!("run {run}{}: {total:.3} s", if run < args.warmup { " (warmup)" } else { "" });
+        }
+        if run < args.warmup {
+            continue;
+        }
+        for timing in &generation.timings {
+            match per_stage.iter_mut().find(|(stage, _)| *stage == timing.stage) {
+                Some((_, values)) => values.push(timing.seconds),
+                None => per_stage.push((timing.stage.clone(), vec![timing.seconds])),
+            }
+            if timing.stage == "total" {
+                wall += timing.seconds;
+                ort += timing.ort_seconds;
+            }
+        }
+        settings = Some(generation.settings);
+    }
+    let settings = settings.context("no timed run")?;
+    let mut stages = serde_json::Map::new();
+    stages.insert("load".into(), json!({"min": load_seconds, "median": load_seconds, "max": load_seconds}));
+    for (stage, values) in &mut per_stage {
+        stages.insert(stage.clone(), stats(values));
+    }
+    let report = json!({
+        "model": pipeline.bundle().manifest.name,
+        "device": pipeline.runtime().device().to_string(),
+        "ort_version": pipeline.runtime().ort_version(),
+        "threads": pipeline.runtime().threads(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "batch": request.prompts.len() * settings.num_images_per_prompt,
+        "rng": args.sampling.rng.to_string(),
+        "steps": {
+            "prior": if settings.ran_prior { settings.prior_steps } else { 0 },
+            "decoder": settings.decoder_steps,
+            "super_res": settings.super_res_steps,
+        },
+        "guidance": {"prior": settings.prior_guidance_scale, "decoder": settings.decoder_guidance_scale},
+        "seconds": stages,
+        "outside_ort_share": if wall > 0.0 { (wall - ort) / wall } else { 0.0 },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn shape_string(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Symbolic(s) => s.clone(),
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+fn info(model: Option<PathBuf>) -> Result<()> {
+    let dir = model.unwrap_or_else(default_model);
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let m = &bundle.manifest;
+    println!("bundle   {} ({})", m.name, dir.display());
+    println!("format   {} v{}, dtype {}, source {}", m.format, m.format_version, m.dtype, m.source);
+    println!("sha256   {}", bundle.manifest_sha256);
+    println!(
+        "tokenizer  max_length {}, pad {:?} (id {})",
+        m.tokenizer.max_length, m.tokenizer.pad_token, m.tokenizer.pad_id
+    );
+    println!("embedding_dim {}", m.embedding_dim);
+    let class = |s: &serde_json::Value| {
+        format!(
+            "{} variance={} prediction={}",
+            s.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?"),
+            s.get("variance_type").and_then(|v| v.as_str()).unwrap_or("?"),
+            s.get("prediction_type").and_then(|v| v.as_str()).unwrap_or("?"),
+        )
+    };
+    println!("stages:");
+    println!("  text_encoder  model {}", m.text_encoder.model);
+    if let Some(image) = &m.image_encoder {
+        println!("  image_encoder model {}", image.model);
+    }
+    println!(
+        "  prior         model {}, {} steps, guidance {}, scheduler {}",
+        m.prior.model,
+        m.prior.default_steps,
+        m.prior.default_guidance_scale,
+        class(&m.prior.scheduler)
+    );
+    println!(
+        "  decoder       model {} (+ {}, {}), {}x{}, {} steps, guidance {}, {} extra tokens, scheduler {}",
+        m.decoder.model,
+        m.decoder.text_proj,
+        m.decoder.text_proj_cfg,
+        m.decoder.sample_size,
+        m.decoder.sample_size,
+        m.decoder.default_steps,
+        m.decoder.default_guidance_scale,
+        m.decoder.clip_extra_context_tokens,
+        class(&m.decoder.scheduler)
+    );
+    for up in &m.upsamplers {
+        println!(
+            "  {:<13} models {} / {}, {}x{}, {} steps, scheduler {}",
+            up.name,
+            up.first,
+            up.last,
+            up.sample_size,
+            up.sample_size,
+            up.default_steps,
+            class(&up.scheduler)
+        );
+    }
+    println!("models:");
+    for (key, entry) in &m.models {
+        println!("  {key} ({})", entry.file);
+        for spec in &entry.inputs {
+            println!("    in  {:<28} {:<8} {}", spec.name, spec.dtype, shape_string(&spec.shape));
+        }
+        for spec in &entry.outputs {
+            println!("    out {:<28} {:<8} {}", spec.name, spec.dtype, shape_string(&spec.shape));
+        }
+    }
+    Ok(())
+}

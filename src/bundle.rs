@@ -1,0 +1,316 @@
+//! Model bundles: `bundle.json` and the files it names (DESIGN §3).
+//!
+//! [`Bundle::open`] validates everything that can be checked without ONNX Runtime before the
+//! first run: the manifest parses, its format and version are known, every file path stays
+//! inside the bundle, every file exists and has the sha256 the manifest records. The ONNX
+//! signatures are checked against the manifest when sessions are created
+//! ([`crate::runtime::Model::load`]).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// The `format` string of every bundle.
+pub const FORMAT: &str = "unclip-bundle";
+/// The manifest version this unclip reads.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// A dimension: fixed size or a symbolic name (`batch`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(usize),
+    Symbolic(String),
+}
+
+/// Name, element type and shape of one model input or output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    /// `float32`, `float16` or `int64`.
+    pub dtype: String,
+    pub shape: Vec<Dim>,
+}
+
+/// A file with its checksum.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// One ONNX model of the bundle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub file: String,
+    pub sha256: String,
+    /// Weights stored beside the graph (models over protobuf's 2 GB limit).
+    #[serde(default)]
+    pub external_data: Vec<FileEntry>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Tokenizer settings (CLIP BPE, padded and truncated to `max_length`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenizerEntry {
+    pub file: String,
+    pub sha256: String,
+    pub max_length: usize,
+    pub pad_token: String,
+    pub pad_id: u32,
+}
+
+/// CLIP image preprocessing constants.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageProcessorEntry {
+    pub shortest_edge: usize,
+    pub crop_size: usize,
+    pub resample: String,
+    pub rescale_factor: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// A stage that runs one model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimpleStage {
+    pub model: String,
+}
+
+/// The diffusion prior.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PriorEntry {
+    pub model: String,
+    /// diffusers `scheduler_config.json`.
+    pub scheduler: serde_json::Value,
+    pub default_steps: usize,
+    pub default_guidance_scale: f32,
+    pub clip_mean: Vec<f32>,
+    pub clip_std: Vec<f32>,
+}
+
+/// The 64×64 decoder with its text projection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecoderEntry {
+    pub model: String,
+    pub text_proj: String,
+    pub text_proj_cfg: String,
+    pub scheduler: serde_json::Value,
+    pub default_steps: usize,
+    pub default_guidance_scale: f32,
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub clip_extra_context_tokens: usize,
+}
+
+/// A super-resolution stage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpsamplerEntry {
+    pub name: String,
+    /// Model for every step but the last.
+    pub first: String,
+    /// Model for the last step.
+    pub last: String,
+    pub scheduler: serde_json::Value,
+    pub default_steps: usize,
+    pub sample_size: usize,
+    pub in_channels: usize,
+}
+
+/// `bundle.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u64,
+    pub name: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub exporter: serde_json::Value,
+    pub dtype: String,
+    pub embedding_dim: usize,
+    pub tokenizer: TokenizerEntry,
+    pub image_processor: ImageProcessorEntry,
+    pub models: BTreeMap<String, ModelEntry>,
+    pub text_encoder: SimpleStage,
+    #[serde(default)]
+    pub image_encoder: Option<SimpleStage>,
+    pub prior: PriorEntry,
+    pub decoder: DecoderEntry,
+    pub upsamplers: Vec<UpsamplerEntry>,
+}
+
+/// A validated bundle on disk.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// sha256 of `bundle.json` itself: identifies the model in PNG metadata.
+    pub manifest_sha256: String,
+}
+
+impl Bundle {
+    /// Opens and validates the bundle in `dir` (see the module doc).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join("bundle.json");
+        let bytes = match std::fs::read(&manifest_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::BundleFileMissing { path: manifest_path })
+            }
+            Err(e) => return Err(Error::io(manifest_path, e)),
+        };
+        let manifest = parse_manifest(&manifest_path, &bytes)?;
+        let bundle = Bundle {
+            manifest_sha256: hex(&Sha256::digest(&bytes)),
+            dir,
+            manifest,
+        };
+        bundle.check_references(&manifest_path)?;
+        bundle.verify_files()?;
+        Ok(bundle)
+    }
+
+    /// Absolute path of a file named in the manifest, refusing paths that leave the bundle.
+    pub fn resolve(&self, file: &str) -> Result<PathBuf> {
+        let relative = Path::new(file);
+        let escapes = file.is_empty()
+            || relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if escapes {
+            return Err(Error::BundlePathEscape { path: file.to_string() });
+        }
+        Ok(self.dir.join(relative))
+    }
+
+    /// The manifest entry of model `key`.
+    pub fn model(&self, key: &str) -> Result<&ModelEntry> {
+        self.manifest.models.get(key).ok_or_else(|| Error::BundleInvalid {
+            path: self.dir.join("bundle.json"),
+            reason: format!("stage refers to model {key:?}, which `models` does not define"),
+        })
+    }
+
+    /// Every (file, sha256) the manifest lists.
+    pub fn files(&self) -> Vec<(&str, &str)> {
+        let m = &self.manifest;
+        let mut files = vec![(m.tokenizer.file.as_str(), m.tokenizer.sha256.as_str())];
+        for model in m.models.values() {
+            files.push((model.file.as_str(), model.sha256.as_str()));
+            files.extend(model.external_data.iter().map(|f| (f.file.as_str(), f.sha256.as_str())));
+        }
+        files
+    }
+
+    fn check_references(&self, manifest_path: &Path) -> Result<()> {
+        let m = &self.manifest;
+        let mut keys = vec![&m.text_encoder.model, &m.prior.model, &m.decoder.model];
+        keys.extend([&m.decoder.text_proj, &m.decoder.text_proj_cfg]);
+        keys.extend(m.image_encoder.iter().map(|s| &s.model));
+        for up in &m.upsamplers {
+            keys.extend([&up.first, &up.last]);
+        }
+        for key in keys {
+            self.model(key)?;
+        }
+        let invalid = |reason: String| Error::BundleInvalid {
+            path: manifest_path.to_path_buf(),
+            reason,
+        };
+        if m.prior.clip_mean.len() != m.embedding_dim || m.prior.clip_std.len() != m.embedding_dim {
+            return Err(invalid(format!(
+                "prior clip_mean/clip_std have {}/{} values, embedding_dim is {}",
+                m.prior.clip_mean.len(),
+                m.prior.clip_std.len(),
+                m.embedding_dim
+            )));
+        }
+        if m.tokenizer.max_length == 0 {
+            return Err(invalid("tokenizer max_length is 0".into()));
+        }
+        if m.dtype != "float32" && m.dtype != "float16" {
+            return Err(invalid(format!("dtype {:?} is not float32 or float16", m.dtype)));
+        }
+        Ok(())
+    }
+
+    /// Checks that every file exists and matches its sha256 (files hashed in parallel).
+    pub fn verify_files(&self) -> Result<()> {
+        let files = self.files();
+        let resolved = files
+            .iter()
+            .map(|(file, sha)| Ok((self.resolve(file)?, *sha)))
+            .collect::<Result<Vec<_>>>()?;
+        for (path, _) in &resolved {
+            if !path.is_file() {
+                return Err(Error::BundleFileMissing { path: path.clone() });
+            }
+        }
+        resolved.par_iter().try_for_each(|(path, expected)| {
+            let actual = sha256_file(path)?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(Error::ChecksumMismatch {
+                    path: path.clone(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let invalid = |reason: String| Error::BundleInvalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Format and version first, so a newer bundle gets the version error, not a field error.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let format = value.get("format").and_then(|f| f.as_str());
+    if format != Some(FORMAT) {
+        return Err(invalid(format!("`format` is {format:?}, expected {FORMAT:?}")));
+    }
+    let version = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| invalid("`format_version` missing or not an integer".into()))?;
+    if version != FORMAT_VERSION {
+        return Err(Error::BundleVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

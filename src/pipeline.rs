@@ -1,0 +1,433 @@
+//! Text → image: prompts → text embeddings → prior → decoder → upsamplers → RGB images
+//! (DESIGN §1, §4; diffusers `UnCLIPPipeline.__call__`). The pipeline never owns an RNG: the
+//! caller passes the [`NoiseSource`], drawn in diffusers' order (DESIGN §5).
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayD, Axis};
+
+use crate::bundle::Bundle;
+use crate::guidance;
+use crate::image_io::to_rgb8;
+use crate::noise::NoiseSource;
+use crate::runtime::{Model, Runtime};
+use crate::stages::{Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler};
+use crate::text::{TextEmbeddings, TextEncoder};
+use crate::{Error, Result};
+
+/// Largest number of images one call makes (prompts × images per prompt).
+pub const MAX_BATCH: usize = 64;
+
+/// A text-to-image request. Unset fields take the bundle's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct TextToImage {
+    /// One or more prompts (an empty prompt is allowed).
+    pub prompts: Vec<String>,
+    /// Replaces the empty prompt of the unconditional CFG branch (prior and decoder).
+    pub negative_prompt: Option<String>,
+    /// Images per prompt (default 1).
+    pub num_images_per_prompt: Option<usize>,
+    pub prior_steps: Option<usize>,
+    pub decoder_steps: Option<usize>,
+    /// Steps per upsampler; missing entries take the defaults.
+    pub super_res_steps: Vec<usize>,
+    pub prior_guidance_scale: Option<f32>,
+    pub decoder_guidance_scale: Option<f32>,
+    /// Precomputed CLIP image embeddings `(prompts, D)` or `(1, D)`: the prior is skipped.
+    pub image_embeddings: Option<Array2<f32>>,
+    /// Keep every intermediate tensor (for `--dump` and parity tests).
+    pub record_intermediates: bool,
+}
+
+/// The settings a run actually used (defaults resolved), for metadata and benchmarks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedSettings {
+    pub prior_steps: usize,
+    pub decoder_steps: usize,
+    pub super_res_steps: Vec<usize>,
+    pub prior_guidance_scale: f32,
+    pub decoder_guidance_scale: f32,
+    pub num_images_per_prompt: usize,
+    pub classifier_free_guidance: bool,
+    /// Whether the prior ran (false with precomputed image embeddings).
+    pub ran_prior: bool,
+}
+
+/// Wall and ONNX Runtime seconds of one stage.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    /// Time inside `Session::run` during the stage.
+    pub ort_seconds: f64,
+}
+
+/// A tensor kept for `--dump`.
+#[derive(Clone, Debug)]
+pub enum Tensor {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Final images, prompt-major (`prompt 0 image 0, prompt 0 image 1, …`).
+    pub images: Vec<image::RgbImage>,
+    /// The CLIP image embeddings decoded `(images, D)`.
+    pub image_embeddings: Array2<f32>,
+    pub settings: ResolvedSettings,
+    pub timings: Vec<StageTiming>,
+    /// Named intermediates (names as in `tests/fixtures/ref/<case>/`), when requested.
+    pub intermediates: BTreeMap<String, Tensor>,
+}
+
+/// A loaded bundle, ready to generate. `Send + Sync`: concurrent calls take turns per model
+/// call.
+pub struct Pipeline {
+    bundle: Bundle,
+    runtime: Runtime,
+    text: TextEncoder,
+    prior: Prior,
+    decoder: Decoder,
+    upsamplers: Vec<Upsampler>,
+}
+
+impl Pipeline {
+    /// Opens and validates the bundle in `dir` and creates every session.
+    pub fn load(runtime: &Runtime, dir: impl AsRef<Path>) -> Result<Pipeline> {
+        let bundle = Bundle::open(dir)?;
+        Self::from_bundle(runtime, bundle)
+    }
+
+    /// Creates the sessions of an opened bundle.
+    pub fn from_bundle(runtime: &Runtime, bundle: Bundle) -> Result<Pipeline> {
+        let _span = tracing::info_span!("load", bundle = %bundle.dir.display()).entered();
+        let text = TextEncoder::load(runtime, &bundle)?;
+        let mut models = ModelCache::new(runtime, &bundle);
+        let prior = Prior::load(&mut models, &bundle)?;
+        let decoder = Decoder::load(&mut models, &bundle)?;
+        let upsamplers = bundle
+            .manifest
+            .upsamplers
+            .iter()
+            .map(|entry| Upsampler::load(&mut models, entry, &bundle))
+            .collect::<Result<Vec<_>>>()?;
+        drop(models);
+        Ok(Pipeline {
+            bundle,
+            runtime: runtime.clone(),
+            text,
+            prior,
+            decoder,
+            upsamplers,
+        })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn text_encoder(&self) -> &TextEncoder {
+        &self.text
+    }
+
+    pub fn prior(&self) -> &Prior {
+        &self.prior
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn upsamplers(&self) -> &[Upsampler] {
+        &self.upsamplers
+    }
+
+    /// Side length of the final images.
+    pub fn output_size(&self) -> usize {
+        self.upsamplers.last().map_or(self.decoder.sample_size(), |u| u.sample_size())
+    }
+
+    /// Resolves defaults and checks every parameter before any work starts.
+    pub fn resolve(&self, request: &TextToImage) -> Result<ResolvedSettings> {
+        if request.prompts.is_empty() {
+            return Err(Error::invalid("prompts", "give at least one prompt (an empty string is allowed)"));
+        }
+        let n = request.num_images_per_prompt.unwrap_or(1);
+        if n == 0 || n * request.prompts.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "num_images_per_prompt",
+                format!(
+                    "{} prompts × {n} images: need 1 to {MAX_BATCH} images per call",
+                    request.prompts.len()
+                ),
+            ));
+        }
+        let scale = |name: &'static str, value: Option<f32>, default: f32| -> Result<f32> {
+            let value = value.unwrap_or(default);
+            if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+                return Err(Error::invalid(name, format!("{value}: use a finite value in 0..=100")));
+            }
+            Ok(value)
+        };
+        let prior_guidance_scale = scale("prior guidance scale", request.prior_guidance_scale, self.prior.default_guidance_scale)?;
+        let decoder_guidance_scale = scale(
+            "decoder guidance scale",
+            request.decoder_guidance_scale,
+            self.decoder.default_guidance_scale,
+        )?;
+        if request.super_res_steps.len() > self.upsamplers.len() {
+            return Err(Error::invalid(
+                "super-resolution steps",
+                format!(
+                    "{} values given, the bundle has {} upsampler(s)",
+                    request.super_res_steps.len(),
+                    self.upsamplers.len()
+                ),
+            ));
+        }
+        let super_res_steps = self
+            .upsamplers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| request.super_res_steps.get(i).copied().unwrap_or(u.default_steps))
+            .collect();
+        if let Some(embeddings) = &request.image_embeddings {
+            let (rows, dim) = embeddings.dim();
+            if dim != self.prior.embedding_dim() || !(rows == 1 || rows == request.prompts.len()) {
+                return Err(Error::Shape {
+                    what: "image embeddings".into(),
+                    expected: format!("(1 or {}, {})", request.prompts.len(), self.prior.embedding_dim()),
+                    found: vec![rows, dim],
+                });
+            }
+            if embeddings.iter().any(|x| !x.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "image embeddings".into(),
+                });
+            }
+        }
+        Ok(ResolvedSettings {
+            prior_steps: request.prior_steps.unwrap_or(self.prior.default_steps),
+            decoder_steps: request.decoder_steps.unwrap_or(self.decoder.default_steps),
+            super_res_steps,
+            prior_guidance_scale,
+            decoder_guidance_scale,
+            num_images_per_prompt: n,
+            // diffusers: CFG runs for both stages when either scale is above 1.
+            classifier_free_guidance: prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0,
+            ran_prior: request.image_embeddings.is_none(),
+        })
+    }
+
+    /// Runs text → image. `observer` sees every step and may cancel between steps.
+    pub fn generate(
+        &self,
+        request: &TextToImage,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<Generation> {
+        let settings = self.resolve(request)?;
+        let started = Instant::now();
+        let mut timings = Vec::new();
+        let mut intermediates = BTreeMap::new();
+        let record = request.record_intermediates;
+        let mut keep = |name: &str, tensor: Tensor| {
+            if record {
+                intermediates.insert(name.to_string(), tensor);
+            }
+        };
+        let mut tap = NoiseTap {
+            inner: noise,
+            drawn: Vec::new(),
+            record,
+        };
+        let n = settings.num_images_per_prompt;
+
+        // 1. text
+        let mut clock = StageClock::start("text", &[self.text.model()]);
+        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+        let (tokens, cond) = self.text.encode(&prompts)?;
+        keep("prompt_ids", Tensor::I64(tokens.ids.clone().into_dyn()));
+        keep("prompt_mask", Tensor::I64(tokens.mask.clone().into_dyn()));
+        let cond = repeat_rows(&cond, n);
+        let text = if settings.classifier_free_guidance {
+            let negative = request.negative_prompt.as_deref().unwrap_or("");
+            let (_, uncond) = self.text.encode(&[negative])?;
+            let uncond = repeat_rows(&uncond, cond.embeds.nrows());
+            Conditioning {
+                embeds: guidance::cfg_batch(uncond.embeds.view(), cond.embeds.view())?,
+                hidden_states: guidance::cfg_batch(uncond.hidden_states.view(), cond.hidden_states.view())?,
+                mask: guidance::cfg_batch(uncond.mask.view(), cond.mask.view())?,
+                cfg: true,
+            }
+        } else {
+            Conditioning {
+                embeds: cond.embeds,
+                hidden_states: cond.hidden_states,
+                mask: cond.mask,
+                cfg: false,
+            }
+        };
+        keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
+        keep("text_hidden_states", Tensor::F32(text.hidden_states.clone().into_dyn()));
+        keep("text_mask", Tensor::I64(text.mask.clone().into_dyn()));
+        timings.push(clock.stop());
+        crate::stages::report(observer, Stage::Text, 1, 1)?;
+
+        // 2. prior (or the given embeddings)
+        let image_embeddings = match &request.image_embeddings {
+            Some(given) => {
+                let per_prompt = if given.nrows() == 1 {
+                    given.broadcast((request.prompts.len(), given.ncols())).map(|v| v.to_owned()).unwrap_or_else(|| given.clone())
+                } else {
+                    given.clone()
+                };
+                repeat_array_rows(&per_prompt, n)
+            }
+            None => {
+                clock = StageClock::start("prior", &[self.prior.model()]);
+                let out = self.prior.sample(
+                    &text,
+                    settings.prior_steps,
+                    settings.prior_guidance_scale,
+                    &mut tap,
+                    observer,
+                )?;
+                keep("prior_latents", Tensor::F32(out.latents.into_dyn()));
+                timings.push(clock.stop());
+                out.image_embeddings
+            }
+        };
+        keep("image_embeddings", Tensor::F32(image_embeddings.clone().into_dyn()));
+
+        // 3. decoder
+        clock = StageClock::start("decoder", &self.decoder.models());
+        let decoded = self.decoder.sample(
+            image_embeddings.view(),
+            &text,
+            settings.decoder_steps,
+            settings.decoder_guidance_scale,
+            &mut tap,
+            observer,
+        )?;
+        timings.push(clock.stop());
+        keep("decoder_hidden_states", Tensor::F32(decoded.hidden_states.into_dyn()));
+        keep(
+            "additive_clip_time_embeddings",
+            Tensor::F32(decoded.additive_clip_time_embeddings.into_dyn()),
+        );
+        keep("decoder_mask", Tensor::I64(decoded.mask.into_dyn()));
+        keep("decoder_out", Tensor::F32(decoded.images.clone().into_dyn()));
+
+        // 4. upsamplers, each fed the previous output clamped to [−1, 1]
+        let mut images = decoded.images;
+        for (i, upsampler) in self.upsamplers.iter().enumerate() {
+            clock = StageClock::start(&upsampler.name, &upsampler.models());
+            if i > 0 {
+                images.mapv_inplace(|x| x.clamp(-1.0, 1.0));
+            }
+            let out = upsampler.sample(i, images.view(), settings.super_res_steps[i], &mut tap, observer)?;
+            timings.push(clock.stop());
+            let suffix = if i == 0 { String::new() } else { format!("_{i}") };
+            keep(&format!("upsampled{suffix}"), Tensor::F32(out.upsampled.into_dyn()));
+            keep(&format!("sr_out{suffix}"), Tensor::F32(out.images.clone().into_dyn()));
+            images = out.images;
+        }
+        for (i, drawn) in tap.drawn.into_iter().enumerate() {
+            keep(&format!("noise_{i:03}"), Tensor::F32(drawn));
+        }
+        let images = to_rgb8(images.view());
+        timings.push(StageTiming {
+            stage: "total".into(),
+            seconds: started.elapsed().as_secs_f64(),
+            ort_seconds: timings.iter().map(|t| t.ort_seconds).sum(),
+        });
+        Ok(Generation {
+            images,
+            image_embeddings,
+            settings,
+            timings,
+            intermediates,
+        })
+    }
+}
+
+/// An observer that never cancels.
+pub fn no_observer() -> impl FnMut(crate::stages::Progress) -> ControlFlow<()> {
+    |_| ControlFlow::Continue(())
+}
+
+/// Records the noise drawn, for `--dump`.
+struct NoiseTap<'a> {
+    inner: &'a mut dyn NoiseSource,
+    drawn: Vec<ArrayD<f32>>,
+    record: bool,
+}
+
+impl NoiseSource for NoiseTap<'_> {
+    fn randn(&mut self, shape: &[usize]) -> Result<ArrayD<f32>> {
+        let noise = self.inner.randn(shape)?;
+        if self.record {
+            self.drawn.push(noise.clone());
+        }
+        Ok(noise)
+    }
+}
+
+/// Measures a stage's wall time and the ORT time of its models.
+struct StageClock<'a> {
+    stage: String,
+    started: Instant,
+    models: Vec<&'a Model>,
+    ort_before: f64,
+}
+
+impl<'a> StageClock<'a> {
+    fn start(stage: &str, models: &[&'a Model]) -> Self {
+        let mut unique: Vec<&Model> = Vec::new();
+        for m in models {
+            if !unique.iter().any(|u| std::ptr::eq(*u, *m)) {
+                unique.push(m);
+            }
+        }
+        let ort_before = unique.iter().map(|m| m.run_seconds()).sum();
+        StageClock {
+            stage: stage.to_string(),
+            started: Instant::now(),
+            models: unique,
+            ort_before,
+        }
+    }
+
+    fn stop(&self) -> StageTiming {
+        let ort_after: f64 = self.models.iter().map(|m| m.run_seconds()).sum();
+        StageTiming {
+            stage: self.stage.clone(),
+            seconds: self.started.elapsed().as_secs_f64(),
+            ort_seconds: ort_after - self.ort_before,
+        }
+    }
+}
+
+/// `repeat_interleave(n, dim=0)` of every tensor (diffusers repeats per image this way).
+fn repeat_rows(text: &TextEmbeddings, n: usize) -> TextEmbeddings {
+    TextEmbeddings {
+        embeds: repeat_array_rows(&text.embeds, n),
+        hidden_states: repeat_array_rows(&text.hidden_states, n),
+        mask: repeat_array_rows(&text.mask, n),
+    }
+}
+
+fn repeat_array_rows<A: Clone, D: ndarray::RemoveAxis>(array: &ndarray::Array<A, D>, n: usize) -> ndarray::Array<A, D> {
+    let indices: Vec<usize> = (0..array.len_of(Axis(0))).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+    array.select(Axis(0), &indices)
+}

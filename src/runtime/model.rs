@@ -1,0 +1,233 @@
+//! One ONNX model in one session, checked against the bundle manifest.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use super::{device, ort_error, Runtime};
+use crate::bundle::{Dim, ModelEntry, TensorSpec};
+use crate::{Error, Result};
+
+/// A tensor fed to a model.
+pub enum Input<'a> {
+    F32(ArrayViewD<'a, f32>),
+    I64(ArrayViewD<'a, i64>),
+}
+
+/// A loaded model. `Session::run` needs `&mut` (NOTES), so the session sits behind a mutex:
+/// concurrent callers of one pipeline take turns per model call.
+pub struct Model {
+    name: String,
+    path: PathBuf,
+    session: Mutex<Session>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    run_nanos: AtomicU64,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.name).field("path", &self.path).finish()
+    }
+}
+
+impl Model {
+    /// Creates the session for `path` and checks its inputs and outputs against `entry`.
+    pub fn load(runtime: &Runtime, name: &str, path: &Path, entry: &ModelEntry) -> Result<Model> {
+        let providers = device::provider_configs(
+            runtime.device(),
+            runtime.tensorrt(),
+            trt_profiles(&entry.inputs),
+        );
+        let context = format!("creating the session for {name}");
+        let builder = Session::builder(runtime.environment())
+            .map_err(ort_error(context.clone()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(ort_error(context.clone()))?
+            .with_execution_providers(device::dispatches(&providers))
+            .map_err(|e| Error::ProviderUnavailable {
+                provider: runtime.device().to_string(),
+                reason: e.to_string(),
+                fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
+                    .into(),
+            })?;
+        let session = builder.clone().commit_from_file(path).map_err(|e| Error::ModelLoad {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        check_signature(path, "input", session.inputs().iter().map(|o| (o.name(), o.dtype())), &entry.inputs)?;
+        check_signature(path, "output", session.outputs().iter().map(|o| (o.name(), o.dtype())), &entry.outputs)?;
+        Ok(Model {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            session: Mutex::new(session),
+            inputs: entry.inputs.clone(),
+            outputs: entry.outputs.clone(),
+            run_nanos: AtomicU64::new(0),
+        })
+    }
+
+    /// The model's key in the bundle.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Declared inputs.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// Declared outputs.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// Total seconds spent inside `Session::run` so far.
+    pub fn run_seconds(&self) -> f64 {
+        self.run_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Runs the model on `inputs` (in manifest order) and returns its f32 outputs in manifest
+    /// order.
+    pub fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>> {
+        if inputs.len() != self.inputs.len() {
+            return Err(Error::invalid(
+                "model inputs",
+                format!("{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len()),
+            ));
+        }
+        let context = || format!("running {}", self.name);
+        // Non-contiguous views are copied once into standard layout; contiguous ones are borrowed.
+        let f32s: Vec<Option<CowArray<'_, f32, IxDyn>>> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::F32(a) => Some(a.as_standard_layout()),
+                Input::I64(_) => None,
+            })
+            .collect();
+        let i64s: Vec<Option<CowArray<'_, i64, IxDyn>>> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::I64(a) => Some(a.as_standard_layout()),
+                Input::F32(_) => None,
+            })
+            .collect();
+        let mut values = Vec::with_capacity(inputs.len());
+        for (k, spec) in self.inputs.iter().enumerate() {
+            let value: ort::session::SessionInputValue<'_> = match (&f32s[k], &i64s[k]) {
+                (Some(a), _) => TensorRef::from_array_view(a.view()).map_err(ort_error(context()))?.into(),
+                (_, Some(a)) => TensorRef::from_array_view(a.view()).map_err(ort_error(context()))?.into(),
+                _ => unreachable!("every input is f32 or i64"),
+            };
+            values.push((spec.name.as_str(), value));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let outputs = session.run(values).map_err(ort_error(context()))?;
+        let mut result = Vec::with_capacity(self.outputs.len());
+        for spec in &self.outputs {
+            let value = outputs.get(spec.name.as_str()).ok_or_else(|| Error::Ort {
+                context: context(),
+                message: format!("output {} missing", spec.name),
+            })?;
+            let array = value.try_extract_array::<f32>().map_err(ort_error(context()))?;
+            result.push(array.to_owned());
+        }
+        drop(outputs);
+        self.run_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(result)
+    }
+}
+
+fn dtype_name(ty: &ValueType) -> String {
+    match ty {
+        ValueType::Tensor { ty, .. } => match ty {
+            TensorElementType::Float32 => "float32".into(),
+            TensorElementType::Float16 => "float16".into(),
+            TensorElementType::Int64 => "int64".into(),
+            TensorElementType::Bool => "bool".into(),
+            other => format!("{other:?}").to_lowercase(),
+        },
+        other => format!("{other:?}"),
+    }
+}
+
+fn shape_of(ty: &ValueType) -> Option<Vec<i64>> {
+    match ty {
+        ValueType::Tensor { shape, .. } => Some(shape.iter().copied().collect()),
+        _ => None,
+    }
+}
+
+fn check_signature<'a>(
+    path: &Path,
+    kind: &str,
+    actual: impl Iterator<Item = (&'a str, &'a ValueType)>,
+    declared: &[TensorSpec],
+) -> Result<()> {
+    let actual: Vec<(&str, &ValueType)> = actual.collect();
+    let mismatch = |detail: String| Error::ModelSignature {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let actual_names: Vec<&str> = actual.iter().map(|(n, _)| *n).collect();
+    let declared_names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
+    if actual_names != declared_names {
+        return Err(mismatch(format!(
+            "{kind}s are {actual_names:?} in the model, {declared_names:?} in the manifest"
+        )));
+    }
+    for ((name, ty), spec) in actual.iter().zip(declared) {
+        let dtype = dtype_name(ty);
+        if dtype != spec.dtype {
+            return Err(mismatch(format!(
+                "{kind} {name} is {dtype} in the model, {} in the manifest",
+                spec.dtype
+            )));
+        }
+        if let Some(shape) = shape_of(ty) {
+            let fits = shape.len() == spec.shape.len()
+                && shape.iter().zip(&spec.shape).all(|(d, s)| match s {
+                    Dim::Fixed(n) => *d < 0 || *d as usize == *n,
+                    Dim::Symbolic(_) => true,
+                });
+            if !fits {
+                return Err(mismatch(format!(
+                    "{kind} {name} has shape {shape:?} in the model, {:?} in the manifest",
+                    spec.shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// TensorRT optimization profiles: symbolic dims at 1 (min), 2 (opt: one CFG pair) and 8 (max).
+fn trt_profiles(inputs: &[TensorSpec]) -> Option<(String, String, String)> {
+    if inputs.iter().all(|i| i.shape.iter().all(|d| matches!(d, Dim::Fixed(_)))) {
+        return None;
+    }
+    let render = |dynamic: usize| {
+        inputs
+            .iter()
+            .map(|i| {
+                let dims: Vec<String> = i
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => n.to_string(),
+                        Dim::Symbolic(_) => dynamic.to_string(),
+                    })
+                    .collect();
+                format!("{}:{}", i.name, dims.join("x"))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Some((render(1), render(2), render(8)))
+}

@@ -1,0 +1,128 @@
+//! The diffusion stages, each wrapping its ONNX model(s) and denoising loop: the prior
+//! (text → image embedding), the decoder (image embedding → 64×64) and the upsamplers.
+
+pub mod decoder;
+pub mod prior;
+pub mod upsampler;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2, Array3};
+
+use crate::bundle::Bundle;
+use crate::runtime::{Model, Runtime};
+use crate::{Error, Result};
+
+pub use decoder::{Decoder, DecoderOutput};
+pub use prior::{Prior, PriorOutput};
+pub use upsampler::{Upsampler, UpsamplerOutput};
+
+/// Text conditioning as the prior and decoder take it: for CFG the rows are
+/// `[uncond; batch, cond; batch]` (see [`crate::guidance`]), else `cond; batch`.
+#[derive(Clone, Debug)]
+pub struct Conditioning {
+    /// Pooled text embeddings `(rows, D)`.
+    pub embeds: Array2<f32>,
+    /// Text encoder hidden states `(rows, max_length, Dt)`.
+    pub hidden_states: Array3<f32>,
+    /// Token mask `(rows, max_length)`.
+    pub mask: Array2<i64>,
+    /// Whether the rows hold an unconditional half.
+    pub cfg: bool,
+}
+
+impl Conditioning {
+    /// Number of images conditioned (half the rows under CFG).
+    pub fn batch(&self) -> usize {
+        let rows = self.embeds.nrows();
+        if self.cfg {
+            rows / 2
+        } else {
+            rows
+        }
+    }
+}
+
+/// Which stage a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Text,
+    Prior,
+    Decoder,
+    /// The upsampler at this index of the bundle's list.
+    Upsampler(usize),
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Text => f.write_str("text"),
+            Stage::Prior => f.write_str("prior"),
+            Stage::Decoder => f.write_str("decoder"),
+            Stage::Upsampler(i) => write!(f, "upsampler{i}"),
+        }
+    }
+}
+
+/// A step finished: `step` of `steps` (1-based) in `stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: Stage,
+    pub step: usize,
+    pub steps: usize,
+}
+
+/// Called after every denoising step; `ControlFlow::Break(())` cancels the run
+/// ([`Error::Cancelled`]).
+pub type Observer<'a> = dyn FnMut(Progress) -> ControlFlow<()> + 'a;
+
+/// Reports progress, turning a cancel request into [`Error::Cancelled`].
+pub(crate) fn report(observer: &mut Observer<'_>, stage: Stage, step: usize, steps: usize) -> Result<()> {
+    match observer(Progress { stage, step, steps }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(Error::Cancelled),
+    }
+}
+
+/// Loads models by bundle key, once each (super_res_first and _last may be the same model).
+pub(crate) struct ModelCache<'a> {
+    runtime: &'a Runtime,
+    bundle: &'a Bundle,
+    loaded: HashMap<String, Arc<Model>>,
+}
+
+impl<'a> ModelCache<'a> {
+    pub(crate) fn new(runtime: &'a Runtime, bundle: &'a Bundle) -> Self {
+        ModelCache {
+            runtime,
+            bundle,
+            loaded: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn get(&mut self, key: &str) -> Result<Arc<Model>> {
+        if let Some(model) = self.loaded.get(key) {
+            return Ok(model.clone());
+        }
+        let entry = self.bundle.model(key)?;
+        let model = Arc::new(Model::load(self.runtime, key, &self.bundle.resolve(&entry.file)?, entry)?);
+        self.loaded.insert(key.to_string(), model.clone());
+        Ok(model)
+    }
+}
+
+/// A timestep fed to a model: one entry per batch row (the exported graphs take `(batch,)`).
+pub(crate) fn timestep_batch(t: i64, rows: usize) -> Array1<i64> {
+    Array1::from_elem(rows, t)
+}
+
+/// Steps must be at least 1; the scheduler rejects what it cannot do.
+pub(crate) fn check_steps(name: &'static str, steps: usize) -> Result<()> {
+    if steps == 0 || steps > 1000 {
+        return Err(Error::invalid(name, format!("{steps} steps: use 1 to 1000")));
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Diffusion super-resolution (DALL·E 2 §2.1; diffusers `UnCLIPPipeline.__call__`, super-res
+//! loop): the low-res image, upsampled with torch's antialiased bicubic, is concatenated to the
+//! noisy sample on the channel axis; `first` runs every step but the last, `last` the last one;
+//! no guidance.
+
+use std::sync::Arc;
+
+use ndarray::{concatenate, Array4, ArrayView4, Axis};
+
+use super::{check_steps, report, timestep_batch, ModelCache, Observer, Stage};
+use crate::bundle::{Bundle, UpsamplerEntry};
+use crate::image_io::resize_bicubic_antialias;
+use crate::noise::NoiseSource;
+use crate::runtime::{Input, Model};
+use crate::schedulers::scheduler_from_config;
+use crate::text::into_dim;
+use crate::{Error, Result};
+
+/// What an upsampler produced.
+#[derive(Clone, Debug)]
+pub struct UpsamplerOutput {
+    /// The low-res input after bicubic upsampling `(batch, 3, S, S)`.
+    pub upsampled: Array4<f32>,
+    /// The super-resolved images, not clamped `(batch, 3, S, S)`.
+    pub images: Array4<f32>,
+}
+
+/// One super-resolution stage.
+pub struct Upsampler {
+    /// Name from the bundle (`sr256`).
+    pub name: String,
+    first: Arc<Model>,
+    last: Arc<Model>,
+    scheduler: serde_json::Value,
+    sample_size: usize,
+    channels: usize,
+    pub default_steps: usize,
+}
+
+impl Upsampler {
+    pub(crate) fn load(models: &mut ModelCache<'_>, entry: &UpsamplerEntry, _bundle: &Bundle) -> Result<Self> {
+        Ok(Upsampler {
+            name: entry.name.clone(),
+            first: models.get(&entry.first)?,
+            last: models.get(&entry.last)?,
+            scheduler: entry.scheduler.clone(),
+            sample_size: entry.sample_size,
+            channels: entry.in_channels,
+            default_steps: entry.default_steps,
+        })
+    }
+
+    /// The ONNX models (for timings; the same model twice when first == last).
+    pub fn models(&self) -> [&Model; 2] {
+        [&self.first, &self.last]
+    }
+
+    /// Output resolution (square).
+    pub fn sample_size(&self) -> usize {
+        self.sample_size
+    }
+
+    /// Super-resolves `low_res` `(batch, 3, s, s)` (already clamped to [−1, 1]). Draws the
+    /// `(batch, 3, S, S)` latents, then one noise tensor per step with t > 0.
+    pub fn sample(
+        &self,
+        index: usize,
+        low_res: ArrayView4<'_, f32>,
+        steps: usize,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<UpsamplerOutput> {
+        check_steps("super-resolution steps", steps)?;
+        let _span = tracing::info_span!("upsampler", name = %self.name, steps).entered();
+        let batch = low_res.shape()[0];
+        if low_res.shape()[1] != self.channels {
+            return Err(Error::Shape {
+                what: format!("{} input", self.name),
+                expected: format!("{} channels", self.channels),
+                found: low_res.shape().to_vec(),
+            });
+        }
+        let scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let size = self.sample_size;
+        let mut latents: Array4<f32> =
+            into_dim(Some(noise.randn(&[batch, self.channels, size, size])?), "super-res latents")?;
+        let upsampled = resize_bicubic_antialias(low_res, size, size);
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let model = if i + 1 == timesteps.len() { &self.last } else { &self.first };
+            let input = concatenate(Axis(1), &[latents.view(), upsampled.view()])
+                .map_err(|_| Error::invalid("super-res input", "latents and upsampled image differ in shape"))?;
+            let timestep = timestep_batch(t, batch);
+            let mut out = model.run(&[Input::F32(input.view().into_dyn()), Input::I64(timestep.view().into_dyn())])?;
+            let prediction: Array4<f32> = into_dim(out.pop(), "super-res prediction")?;
+            latents = into_dim(
+                Some(scheduler.step(i, prediction.view().into_dyn(), latents.view().into_dyn(), noise)?),
+                "super-res latents",
+            )?;
+            report(observer, Stage::Upsampler(index), i + 1, timesteps.len())?;
+        }
+        Ok(UpsamplerOutput {
+            upsampled,
+            images: latents,
+        })
+    }
+}

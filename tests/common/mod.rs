@@ -1,0 +1,63 @@
+//! Shared test helpers: fixture paths, `.npy` loading, one `assert_close` with named
+//! tolerances (DESIGN §9), the runtime.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, ArrayViewD};
+use ndarray_npy::ReadNpyExt;
+
+/// fp32 parity on embeddings and other pre-image tensors (DESIGN §9).
+pub const EMBEDDING_TOL: f32 = 1e-4;
+/// fp32 parity on image tensors in [−1, 1] (DESIGN §9).
+pub const IMAGE_TOL: f32 = 1e-3;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_bundle() -> PathBuf {
+    repo().join("models/tiny")
+}
+
+pub fn ref_dir() -> PathBuf {
+    repo().join("tests/fixtures/ref")
+}
+
+pub fn read_f32(path: &Path) -> ArrayD<f32> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ArrayD::<f32>::read_npy(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn read_i64(path: &Path) -> ArrayD<i64> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ArrayD::<i64>::read_npy(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Max absolute difference; panics with the location of the worst value above `tol`.
+pub fn assert_close(what: &str, actual: ArrayViewD<'_, f32>, expected: ArrayViewD<'_, f32>, tol: f32) -> f32 {
+    assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (a, e)) in actual.iter().zip(expected.iter()).enumerate() {
+        let d = (a - e).abs();
+        if !(d <= worst.0) {
+            worst = (if d.is_nan() { f32::INFINITY } else { d }, i);
+        }
+    }
+    assert!(
+        worst.0 <= tol,
+        "{what}: max |actual − expected| = {:.3e} > {tol:.0e} at flat index {} (actual {}, expected {})",
+        worst.0,
+        worst.1,
+        actual.iter().nth(worst.1).unwrap(),
+        expected.iter().nth(worst.1).unwrap()
+    );
+    worst.0
+}
+
+/// The process-wide runtime on CPU, from the project's `.ort/` (scripts/setup-ort).
+pub fn runtime() -> unclip::Runtime {
+    unclip::Runtime::builder()
+        .build()
+        .expect("ONNX Runtime must be installed for tests: run scripts/setup-ort")
+}
