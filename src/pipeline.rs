@@ -14,7 +14,7 @@ use crate::guidance;
 use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
 use crate::runtime::{Model, Runtime};
-use crate::stages::{Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler};
+use crate::stages::{check_steps, Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler};
 use crate::text::{TextEmbeddings, TextEncoder};
 use crate::{Error, Result};
 
@@ -194,7 +194,7 @@ impl Pipeline {
                 ),
             ));
         }
-        let super_res_steps = self
+        let super_res_steps: Vec<usize> = self
             .upsamplers
             .iter()
             .enumerate()
@@ -215,9 +215,16 @@ impl Pipeline {
                 });
             }
         }
+        let prior_steps = request.prior_steps.unwrap_or(self.prior.default_steps);
+        let decoder_steps = request.decoder_steps.unwrap_or(self.decoder.default_steps);
+        check_steps("prior steps", prior_steps)?;
+        check_steps("decoder steps", decoder_steps)?;
+        for &steps in &super_res_steps {
+            check_steps("super-resolution steps", steps)?;
+        }
         Ok(ResolvedSettings {
-            prior_steps: request.prior_steps.unwrap_or(self.prior.default_steps),
-            decoder_steps: request.decoder_steps.unwrap_or(self.decoder.default_steps),
+            prior_steps,
+            decoder_steps,
             super_res_steps,
             prior_guidance_scale,
             decoder_guidance_scale,

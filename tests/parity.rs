@@ -13,10 +13,11 @@ use unclip::noise::{NoiseSource, RecordedNoise, TorchGenerator};
 use unclip::pipeline::{no_observer, Generation, Tensor, TextToImage};
 use unclip::Pipeline;
 
-use common::{assert_close, EMBEDDING_TOL, IMAGE_TOL};
+use common::{assert_close, assert_image_close, EMBEDDING_TOL, ILL_CONDITIONED_SHARE, IMAGE_TOL};
 
 /// Largest allowed difference of a final uint8 value: the float images agree within
-/// IMAGE_TOL, so a value may round to the neighbouring level (1/255 ≈ 3.9e-3 > IMAGE_TOL).
+/// IMAGE_TOL, so a value may round to the neighbouring level (1/255 ≈ 3.9e-3 > IMAGE_TOL);
+/// as for floats, ILL_CONDITIONED_SHARE of the values may differ more (see common).
 const UINT8_TOL: u8 = 1;
 
 fn pipeline() -> &'static Pipeline {
@@ -135,22 +136,31 @@ fn compare(case: &serde_json::Value, dir: &Path, generation: &Generation) -> BTr
         if sub4 {
             actual = actual.slice(s![.., .., ..;4, ..;4]).to_owned().into_dyn();
         }
-        let tol = if actual.ndim() == 4 { IMAGE_TOL } else { EMBEDDING_TOL };
         let expected = common::read_f32(&path);
-        report.insert(name.clone(), assert_close(&format!("{}/{name}", dir.display()), actual.view(), expected.view(), tol));
+        let what = format!("{}/{name}", dir.display());
+        let max = if actual.ndim() == 4 {
+            assert_image_close(&what, actual.view(), expected.view(), IMAGE_TOL).0
+        } else {
+            assert_close(&what, actual.view(), expected.view(), EMBEDDING_TOL)
+        };
+        report.insert(name.clone(), max);
     }
     // Final uint8 images.
     for (i, image) in generation.images.iter().enumerate() {
         let expected = image::open(dir.join(format!("image_{i}.png"))).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), expected.dimensions());
-        let worst = image
+        let values = image.as_raw().len();
+        let above = image
             .as_raw()
             .iter()
             .zip(expected.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= UINT8_TOL, "{}: image {i} differs by {worst} levels", dir.display());
+            .filter(|(a, b)| a.abs_diff(**b) > UINT8_TOL)
+            .count();
+        assert!(
+            above as f64 <= ILL_CONDITIONED_SHARE * values as f64,
+            "{}: image {i}: {above} of {values} values differ by more than {UINT8_TOL} level",
+            dir.display()
+        );
     }
     report
 }

@@ -55,6 +55,33 @@ pub fn assert_close(what: &str, actual: ArrayViewD<'_, f32>, expected: ArrayView
     worst.0
 }
 
+/// Share of image elements allowed outside [`IMAGE_TOL`]: the first DDPM step at t = 999
+/// estimates x₀ = (x − √(1−ᾱ)·ε)/√ᾱ with 1/√ᾱ₉₉₉ ≈ 2.0·10⁴ (squaredcos_cap_v2), so an element
+/// whose estimate falls inside the clip range [−1, 1] (instead of being clamped) carries any
+/// ε difference amplified 20,000× — ORT vs torch differ by ~2·10⁻⁶ in ε, times the guidance
+/// scale. With random weights ~3·10⁻⁵ of elements land there (measured: 0–2 of 12,288 per
+/// image); diffusers itself is not reproducible there across devices. A real bug (wrong noise
+/// order, wrong guidance, wrong variance) moves most elements, far above this share.
+pub const ILL_CONDITIONED_SHARE: f64 = 1e-3;
+
+/// Image comparison: all but [`ILL_CONDITIONED_SHARE`] of the elements within `tol`, and the
+/// mean absolute difference within `tol / 10`. Returns (max, count above tol).
+pub fn assert_image_close(what: &str, actual: ArrayViewD<'_, f32>, expected: ArrayViewD<'_, f32>, tol: f32) -> (f32, usize) {
+    assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
+    let diffs: Vec<f32> = actual.iter().zip(expected.iter()).map(|(a, e)| (a - e).abs()).collect();
+    assert!(diffs.iter().all(|d| d.is_finite()), "{what}: NaN or infinite values");
+    let above = diffs.iter().filter(|d| **d > tol).count();
+    let max = diffs.iter().copied().fold(0.0f32, f32::max);
+    let mean = diffs.iter().map(|d| *d as f64).sum::<f64>() / diffs.len() as f64;
+    assert!(
+        (above as f64) <= ILL_CONDITIONED_SHARE * diffs.len() as f64,
+        "{what}: {above} of {} elements differ by more than {tol:.0e} (max {max:.3e})",
+        diffs.len()
+    );
+    assert!(mean <= tol as f64 / 10.0, "{what}: mean |actual − expected| = {mean:.3e} > {:.0e}", tol / 10.0);
+    (max, above)
+}
+
 /// The process-wide runtime on CPU, from the project's `.ort/` (scripts/setup-ort).
 pub fn runtime() -> unclip::Runtime {
     unclip::Runtime::builder()

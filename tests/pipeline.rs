@@ -1,0 +1,151 @@
+//! Pipeline behaviour beyond parity: progress, cancellation, precomputed embeddings, negative
+//! prompts, argument validation.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::OnceLock;
+
+use ndarray::Array2;
+use unclip::noise::{FastNoise, TorchGenerator};
+use unclip::pipeline::{no_observer, TextToImage};
+use unclip::stages::{Progress, Stage};
+use unclip::{Error, Pipeline};
+
+fn pipeline() -> &'static Pipeline {
+    static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
+    PIPELINE.get_or_init(|| Pipeline::load(&common::runtime(), common::tiny_bundle()).expect("load models/tiny"))
+}
+
+fn small(prompt: &str) -> TextToImage {
+    TextToImage {
+        prompts: vec![prompt.to_string()],
+        prior_steps: Some(3),
+        decoder_steps: Some(3),
+        super_res_steps: vec![2],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn progress_reports_every_step_of_every_stage() {
+    let mut seen: Vec<Progress> = Vec::new();
+    let out = pipeline()
+        .generate(&small("a cat"), &mut FastNoise::new(1), &mut |p| {
+            seen.push(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(out.images.len(), 1);
+    assert_eq!(out.images[0].dimensions(), (256, 256));
+    let count = |stage| seen.iter().filter(|p| p.stage == stage).count();
+    assert_eq!(count(Stage::Text), 1);
+    assert_eq!(count(Stage::Prior), 3);
+    assert_eq!(count(Stage::Decoder), 3);
+    assert_eq!(count(Stage::Upsampler(0)), 2);
+    assert!(seen.iter().all(|p| p.step >= 1 && p.step <= p.steps));
+}
+
+#[test]
+fn cancel_between_steps() {
+    let mut calls = 0;
+    let err = pipeline()
+        .generate(&small("a dog"), &mut FastNoise::new(2), &mut |p| {
+            calls += 1;
+            if p.stage == Stage::Decoder {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled));
+    assert_eq!(calls, 1 + 3 + 1, "text, 3 prior steps, then the first decoder step cancels");
+}
+
+#[test]
+fn same_seed_same_image_different_seed_different_image() {
+    let run = |seed| {
+        pipeline()
+            .generate(&small("a red circle"), &mut TorchGenerator::new(seed), &mut no_observer())
+            .unwrap()
+    };
+    let (a, b, c) = (run(5), run(5), run(6));
+    assert_eq!(a.images[0].as_raw(), b.images[0].as_raw());
+    assert_ne!(a.images[0].as_raw(), c.images[0].as_raw());
+}
+
+#[test]
+fn precomputed_embedding_reproduces_the_run_that_saved_it() {
+    let request = small("a blue square");
+    let first = pipeline().generate(&request, &mut TorchGenerator::new(9), &mut no_observer()).unwrap();
+    // Skipping the prior skips its noise draws, so feed the decoder the same noise by replaying
+    // the generator past the prior's draws: 1 latent + (steps − 1) step noises of (1, D).
+    let dim = first.image_embeddings.ncols();
+    let mut noise = TorchGenerator::new(9);
+    for _ in 0..3 {
+        unclip::NoiseSource::randn(&mut noise, &[1, dim]).unwrap();
+    }
+    let mut again = request.clone();
+    again.image_embeddings = Some(first.image_embeddings.clone());
+    let second = pipeline().generate(&again, &mut noise, &mut no_observer()).unwrap();
+    assert!(!second.settings.ran_prior);
+    assert_eq!(first.images[0].as_raw(), second.images[0].as_raw());
+}
+
+#[test]
+fn negative_prompt_changes_the_unconditional_branch() {
+    let mut with_negative = small("a star");
+    with_negative.negative_prompt = Some("blurry".into());
+    let plain = pipeline().generate(&small("a star"), &mut FastNoise::new(3), &mut no_observer()).unwrap();
+    let negative = pipeline().generate(&with_negative, &mut FastNoise::new(3), &mut no_observer()).unwrap();
+    assert_ne!(plain.image_embeddings, negative.image_embeddings);
+}
+
+#[test]
+fn batches_of_prompts_and_images_per_prompt() {
+    let mut request = small("a");
+    request.prompts = vec!["a red circle".into(), "a green square".into()];
+    request.num_images_per_prompt = Some(2);
+    let out = pipeline().generate(&request, &mut FastNoise::new(4), &mut no_observer()).unwrap();
+    assert_eq!(out.images.len(), 4);
+    assert_eq!(out.image_embeddings.nrows(), 4);
+}
+
+#[test]
+fn invalid_requests_are_typed_errors() {
+    let p = pipeline();
+    let check = |request: TextToImage, name: &str| {
+        let err = p.generate(&request, &mut FastNoise::new(0), &mut no_observer()).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { name: n, .. } if *n == name)
+                || matches!((&err, name), (Error::Shape { .. } | Error::NonFinite { .. }, "image embeddings")),
+            "{name}: {err}"
+        );
+    };
+    check(TextToImage::default(), "prompts");
+    let mut r = small("x");
+    r.num_images_per_prompt = Some(0);
+    check(r, "num_images_per_prompt");
+    let mut r = small("x");
+    r.num_images_per_prompt = Some(65);
+    check(r, "num_images_per_prompt");
+    let mut r = small("x");
+    r.prior_steps = Some(0);
+    check(r, "prior steps");
+    let mut r = small("x");
+    r.decoder_steps = Some(1001);
+    check(r, "decoder steps");
+    let mut r = small("x");
+    r.decoder_guidance_scale = Some(f32::NAN);
+    check(r, "decoder guidance scale");
+    let mut r = small("x");
+    r.super_res_steps = vec![2, 2];
+    check(r, "super-resolution steps");
+    let mut r = small("x");
+    r.image_embeddings = Some(Array2::zeros((1, 7)));
+    check(r, "image embeddings");
+    let mut r = small("x");
+    r.image_embeddings = Some(Array2::from_elem((1, 32), f32::INFINITY));
+    check(r, "image embeddings");
+}
