@@ -10,12 +10,23 @@ use unclip::pipeline::{no_observer, TextToImage};
 use unclip::{guidance, Pipeline, Runtime};
 
 fn benches(c: &mut Criterion) {
-    let runtime = Runtime::builder().build().expect("ONNX Runtime (scripts/setup-ort)");
-    let pipeline = Pipeline::load(&runtime, concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny")).unwrap();
+    let runtime = Runtime::builder()
+        .build()
+        .expect("ONNX Runtime (scripts/setup-ort)");
+    let pipeline = Pipeline::load(
+        &runtime,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny"),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("tiny");
     group.sample_size(10);
     group.bench_function("text encode (1 prompt)", |b| {
-        b.iter(|| pipeline.text_encoder().encode(&[black_box("a red circle on a blue background")]).unwrap())
+        b.iter(|| {
+            pipeline
+                .text_encoder()
+                .encode(&[black_box("a red circle on a blue background")])
+                .unwrap()
+        })
     });
     let request = TextToImage {
         prompts: vec!["a red circle on a blue background".into()],
@@ -27,7 +38,11 @@ fn benches(c: &mut Criterion) {
     group.bench_function("generate 5/5/2", |b| {
         b.iter(|| {
             pipeline
-                .generate(black_box(&request), &mut FastNoise::new(0), &mut no_observer())
+                .generate(
+                    black_box(&request),
+                    &mut FastNoise::new(0),
+                    &mut no_observer(),
+                )
                 .unwrap()
         })
     });

@@ -163,7 +163,9 @@ impl Bundle {
         let bytes = match std::fs::read(&manifest_path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::BundleFileMissing { path: manifest_path })
+                return Err(Error::BundleFileMissing {
+                    path: manifest_path,
+                })
             }
             Err(e) => return Err(Error::io(manifest_path, e)),
         };
@@ -187,17 +189,22 @@ impl Bundle {
                 .components()
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if escapes {
-            return Err(Error::BundlePathEscape { path: file.to_string() });
+            return Err(Error::BundlePathEscape {
+                path: file.to_string(),
+            });
         }
         Ok(self.dir.join(relative))
     }
 
     /// The manifest entry of model `key`.
     pub fn model(&self, key: &str) -> Result<&ModelEntry> {
-        self.manifest.models.get(key).ok_or_else(|| Error::BundleInvalid {
-            path: self.dir.join("bundle.json"),
-            reason: format!("stage refers to model {key:?}, which `models` does not define"),
-        })
+        self.manifest
+            .models
+            .get(key)
+            .ok_or_else(|| Error::BundleInvalid {
+                path: self.dir.join("bundle.json"),
+                reason: format!("stage refers to model {key:?}, which `models` does not define"),
+            })
     }
 
     /// Every (file, sha256) the manifest lists.
@@ -206,7 +213,12 @@ impl Bundle {
         let mut files = vec![(m.tokenizer.file.as_str(), m.tokenizer.sha256.as_str())];
         for model in m.models.values() {
             files.push((model.file.as_str(), model.sha256.as_str()));
-            files.extend(model.external_data.iter().map(|f| (f.file.as_str(), f.sha256.as_str())));
+            files.extend(
+                model
+                    .external_data
+                    .iter()
+                    .map(|f| (f.file.as_str(), f.sha256.as_str())),
+            );
         }
         files
     }
@@ -238,7 +250,10 @@ impl Bundle {
             return Err(invalid("tokenizer max_length is 0".into()));
         }
         if m.dtype != "float32" && m.dtype != "float16" {
-            return Err(invalid(format!("dtype {:?} is not float32 or float16", m.dtype)));
+            return Err(invalid(format!(
+                "dtype {:?} is not float32 or float16",
+                m.dtype
+            )));
         }
         Ok(())
     }
@@ -279,7 +294,9 @@ fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let format = value.get("format").and_then(|f| f.as_str());
     if format != Some(FORMAT) {
-        return Err(invalid(format!("`format` is {format:?}, expected {FORMAT:?}")));
+        return Err(invalid(format!(
+            "`format` is {format:?}, expected {FORMAT:?}"
+        )));
     }
     let version = value
         .get("format_version")

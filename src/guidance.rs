@@ -10,7 +10,10 @@ use ndarray::{concatenate, s, Array, ArrayView, Axis, Dimension, RemoveAxis, Zip
 use crate::{Error, Result};
 
 /// Stacks the unconditional and conditional halves of a CFG batch in the order models expect.
-pub fn cfg_batch<A: Clone, D: RemoveAxis>(uncond: ArrayView<'_, A, D>, cond: ArrayView<'_, A, D>) -> Result<Array<A, D>> {
+pub fn cfg_batch<A: Clone, D: RemoveAxis>(
+    uncond: ArrayView<'_, A, D>,
+    cond: ArrayView<'_, A, D>,
+) -> Result<Array<A, D>> {
     let (uncond_shape, cond_shape) = (uncond.shape().to_vec(), cond.shape().to_vec());
     concatenate(Axis(0), &[uncond, cond]).map_err(|_| Error::Shape {
         what: "classifier-free guidance batch".into(),
@@ -20,7 +23,9 @@ pub fn cfg_batch<A: Clone, D: RemoveAxis>(uncond: ArrayView<'_, A, D>, cond: Arr
 }
 
 /// Splits a model output over a CFG batch into `(uncond, cond)` views.
-pub fn split<A, D: Dimension>(prediction: ArrayView<'_, A, D>) -> Result<(ArrayView<'_, A, D>, ArrayView<'_, A, D>)> {
+pub fn split<A, D: Dimension>(
+    prediction: ArrayView<'_, A, D>,
+) -> Result<(ArrayView<'_, A, D>, ArrayView<'_, A, D>)> {
     let rows = prediction.shape().first().copied().unwrap_or(0);
     if rows == 0 || rows % 2 != 0 {
         return Err(Error::Shape {
@@ -33,8 +38,14 @@ pub fn split<A, D: Dimension>(prediction: ArrayView<'_, A, D>) -> Result<(ArrayV
 }
 
 /// `uncond + scale * (cond - uncond)` (diffusers `UnCLIPPipeline.__call__`, prior and decoder).
-pub fn mix<D: Dimension>(uncond: ArrayView<'_, f32, D>, cond: ArrayView<'_, f32, D>, scale: f32) -> Array<f32, D> {
-    Zip::from(&uncond).and(&cond).map_collect(|&u, &c| u + scale * (c - u))
+pub fn mix<D: Dimension>(
+    uncond: ArrayView<'_, f32, D>,
+    cond: ArrayView<'_, f32, D>,
+    scale: f32,
+) -> Array<f32, D> {
+    Zip::from(&uncond)
+        .and(&cond)
+        .map_collect(|&u, &c| u + scale * (c - u))
 }
 
 /// Guidance for the prior: mixes the two halves of its prediction.
@@ -46,7 +57,11 @@ pub fn guide<D: Dimension>(prediction: ArrayView<'_, f32, D>, scale: f32) -> Res
 /// Guidance for a decoder with learned variance: the output has `2 × channels` channels
 /// (epsilon, then variance); only epsilon is mixed, and the variance comes from the conditional
 /// half (diffusers `UnCLIPPipeline.__call__`, decoder loop).
-pub fn guide_learned_variance(prediction: ArrayView<'_, f32, ndarray::Ix4>, channels: usize, scale: f32) -> Result<Array<f32, ndarray::Ix4>> {
+pub fn guide_learned_variance(
+    prediction: ArrayView<'_, f32, ndarray::Ix4>,
+    channels: usize,
+    scale: f32,
+) -> Result<Array<f32, ndarray::Ix4>> {
     let (uncond, cond) = split(prediction)?;
     if cond.shape()[1] != 2 * channels {
         return Err(Error::Shape {
@@ -60,7 +75,11 @@ pub fn guide_learned_variance(prediction: ArrayView<'_, f32, ndarray::Ix4>, chan
         cond.slice(s![.., ..channels, .., ..]),
         scale,
     );
-    concatenate(Axis(1), &[epsilon.view(), cond.slice(s![.., channels.., .., ..])]).map_err(|_| Error::Shape {
+    concatenate(
+        Axis(1),
+        &[epsilon.view(), cond.slice(s![.., channels.., .., ..])],
+    )
+    .map_err(|_| Error::Shape {
         what: "decoder output".into(),
         expected: "epsilon and variance of equal shape".into(),
         found: prediction.shape().to_vec(),
@@ -109,6 +128,9 @@ mod tests {
     fn cfg_batch_puts_uncond_first() {
         let u = arr2(&[[0.0f32]]);
         let c = arr2(&[[1.0f32]]);
-        assert_eq!(cfg_batch(u.view(), c.view()).unwrap(), arr2(&[[0.0f32], [1.0]]));
+        assert_eq!(
+            cfg_batch(u.view(), c.view()).unwrap(),
+            arr2(&[[0.0f32], [1.0]])
+        );
     }
 }

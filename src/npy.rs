@@ -20,8 +20,13 @@ fn npy_error(action: &'static str, path: &Path, reason: impl ToString) -> Error 
 /// Reads a float32 array of any rank.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     let file = std::fs::File::open(path).map_err(|e| npy_error("read", path, e))?;
-    ArrayD::<f32>::read_npy(std::io::BufReader::new(file))
-        .map_err(|e| npy_error("read", path, format!("{e} (expected a float32 array in C order)")))
+    ArrayD::<f32>::read_npy(std::io::BufReader::new(file)).map_err(|e| {
+        npy_error(
+            "read",
+            path,
+            format!("{e} (expected a float32 array in C order)"),
+        )
+    })
 }
 
 /// Reads CLIP image embeddings: `(D,)` or `(N, D)` float32, finite.
@@ -29,8 +34,12 @@ pub fn read_embeddings(path: &Path) -> Result<Array2<f32>> {
     let array = read_f32(path)?;
     let shape = array.shape().to_vec();
     let embeddings = match shape.len() {
-        1 => array.into_shape_with_order((1, shape[0])).map_err(|e| npy_error("read", path, e))?,
-        2 => array.into_dimensionality().map_err(|e| npy_error("read", path, e))?,
+        1 => array
+            .into_shape_with_order((1, shape[0]))
+            .map_err(|e| npy_error("read", path, e))?,
+        2 => array
+            .into_dimensionality()
+            .map_err(|e| npy_error("read", path, e))?,
         _ => {
             return Err(Error::Shape {
                 what: format!("image embeddings in {}", path.display()),

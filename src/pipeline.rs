@@ -14,7 +14,9 @@ use crate::guidance;
 use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
 use crate::runtime::{Model, Runtime};
-use crate::stages::{check_steps, Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler};
+use crate::stages::{
+    check_steps, Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler,
+};
 use crate::text::{TextEmbeddings, TextEncoder};
 use crate::{Error, Result};
 
@@ -153,13 +155,18 @@ impl Pipeline {
 
     /// Side length of the final images.
     pub fn output_size(&self) -> usize {
-        self.upsamplers.last().map_or(self.decoder.sample_size(), |u| u.sample_size())
+        self.upsamplers
+            .last()
+            .map_or(self.decoder.sample_size(), |u| u.sample_size())
     }
 
     /// Resolves defaults and checks every parameter before any work starts.
     pub fn resolve(&self, request: &TextToImage) -> Result<ResolvedSettings> {
         if request.prompts.is_empty() {
-            return Err(Error::invalid("prompts", "give at least one prompt (an empty string is allowed)"));
+            return Err(Error::invalid(
+                "prompts",
+                "give at least one prompt (an empty string is allowed)",
+            ));
         }
         let n = request.num_images_per_prompt.unwrap_or(1);
         if n == 0 || n * request.prompts.len() > MAX_BATCH {
@@ -174,11 +181,18 @@ impl Pipeline {
         let scale = |name: &'static str, value: Option<f32>, default: f32| -> Result<f32> {
             let value = value.unwrap_or(default);
             if !value.is_finite() || !(0.0..=100.0).contains(&value) {
-                return Err(Error::invalid(name, format!("{value}: use a finite value in 0..=100")));
+                return Err(Error::invalid(
+                    name,
+                    format!("{value}: use a finite value in 0..=100"),
+                ));
             }
             Ok(value)
         };
-        let prior_guidance_scale = scale("prior guidance scale", request.prior_guidance_scale, self.prior.default_guidance_scale)?;
+        let prior_guidance_scale = scale(
+            "prior guidance scale",
+            request.prior_guidance_scale,
+            self.prior.default_guidance_scale,
+        )?;
         let decoder_guidance_scale = scale(
             "decoder guidance scale",
             request.decoder_guidance_scale,
@@ -198,14 +212,24 @@ impl Pipeline {
             .upsamplers
             .iter()
             .enumerate()
-            .map(|(i, u)| request.super_res_steps.get(i).copied().unwrap_or(u.default_steps))
+            .map(|(i, u)| {
+                request
+                    .super_res_steps
+                    .get(i)
+                    .copied()
+                    .unwrap_or(u.default_steps)
+            })
             .collect();
         if let Some(embeddings) = &request.image_embeddings {
             let (rows, dim) = embeddings.dim();
             if dim != self.prior.embedding_dim() || !(rows == 1 || rows == request.prompts.len()) {
                 return Err(Error::Shape {
                     what: "image embeddings".into(),
-                    expected: format!("(1 or {}, {})", request.prompts.len(), self.prior.embedding_dim()),
+                    expected: format!(
+                        "(1 or {}, {})",
+                        request.prompts.len(),
+                        self.prior.embedding_dim()
+                    ),
                     found: vec![rows, dim],
                 });
             }
@@ -272,7 +296,10 @@ impl Pipeline {
             let uncond = repeat_rows(&uncond, cond.embeds.nrows());
             Conditioning {
                 embeds: guidance::cfg_batch(uncond.embeds.view(), cond.embeds.view())?,
-                hidden_states: guidance::cfg_batch(uncond.hidden_states.view(), cond.hidden_states.view())?,
+                hidden_states: guidance::cfg_batch(
+                    uncond.hidden_states.view(),
+                    cond.hidden_states.view(),
+                )?,
                 mask: guidance::cfg_batch(uncond.mask.view(), cond.mask.view())?,
                 cfg: true,
             }
@@ -285,7 +312,10 @@ impl Pipeline {
             }
         };
         keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
-        keep("text_hidden_states", Tensor::F32(text.hidden_states.clone().into_dyn()));
+        keep(
+            "text_hidden_states",
+            Tensor::F32(text.hidden_states.clone().into_dyn()),
+        );
         keep("text_mask", Tensor::I64(text.mask.clone().into_dyn()));
         timings.push(clock.stop());
         crate::stages::report(observer, Stage::Text, 1, 1)?;
@@ -294,7 +324,10 @@ impl Pipeline {
         let image_embeddings = match &request.image_embeddings {
             Some(given) => {
                 let per_prompt = if given.nrows() == 1 {
-                    given.broadcast((request.prompts.len(), given.ncols())).map(|v| v.to_owned()).unwrap_or_else(|| given.clone())
+                    given
+                        .broadcast((request.prompts.len(), given.ncols()))
+                        .map(|v| v.to_owned())
+                        .unwrap_or_else(|| given.clone())
                 } else {
                     given.clone()
                 };
@@ -314,7 +347,10 @@ impl Pipeline {
                 out.image_embeddings
             }
         };
-        keep("image_embeddings", Tensor::F32(image_embeddings.clone().into_dyn()));
+        keep(
+            "image_embeddings",
+            Tensor::F32(image_embeddings.clone().into_dyn()),
+        );
 
         // 3. decoder
         clock = StageClock::start("decoder", &self.decoder.models());
@@ -327,13 +363,19 @@ impl Pipeline {
             observer,
         )?;
         timings.push(clock.stop());
-        keep("decoder_hidden_states", Tensor::F32(decoded.hidden_states.into_dyn()));
+        keep(
+            "decoder_hidden_states",
+            Tensor::F32(decoded.hidden_states.into_dyn()),
+        );
         keep(
             "additive_clip_time_embeddings",
             Tensor::F32(decoded.additive_clip_time_embeddings.into_dyn()),
         );
         keep("decoder_mask", Tensor::I64(decoded.mask.into_dyn()));
-        keep("decoder_out", Tensor::F32(decoded.images.clone().into_dyn()));
+        keep(
+            "decoder_out",
+            Tensor::F32(decoded.images.clone().into_dyn()),
+        );
 
         // 4. upsamplers, each fed the previous output clamped to [−1, 1]
         let mut images = decoded.images;
@@ -342,11 +384,27 @@ impl Pipeline {
             if i > 0 {
                 images.mapv_inplace(|x| x.clamp(-1.0, 1.0));
             }
-            let out = upsampler.sample(i, images.view(), settings.super_res_steps[i], &mut tap, observer)?;
+            let out = upsampler.sample(
+                i,
+                images.view(),
+                settings.super_res_steps[i],
+                &mut tap,
+                observer,
+            )?;
             timings.push(clock.stop());
-            let suffix = if i == 0 { String::new() } else { format!("_{i}") };
-            keep(&format!("upsampled{suffix}"), Tensor::F32(out.upsampled.into_dyn()));
-            keep(&format!("sr_out{suffix}"), Tensor::F32(out.images.clone().into_dyn()));
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("_{i}")
+            };
+            keep(
+                &format!("upsampled{suffix}"),
+                Tensor::F32(out.upsampled.into_dyn()),
+            );
+            keep(
+                &format!("sr_out{suffix}"),
+                Tensor::F32(out.images.clone().into_dyn()),
+            );
             images = out.images;
         }
         for (i, drawn) in tap.drawn.into_iter().enumerate() {
@@ -434,7 +492,12 @@ fn repeat_rows(text: &TextEmbeddings, n: usize) -> TextEmbeddings {
     }
 }
 
-fn repeat_array_rows<A: Clone, D: ndarray::RemoveAxis>(array: &ndarray::Array<A, D>, n: usize) -> ndarray::Array<A, D> {
-    let indices: Vec<usize> = (0..array.len_of(Axis(0))).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+fn repeat_array_rows<A: Clone, D: ndarray::RemoveAxis>(
+    array: &ndarray::Array<A, D>,
+    n: usize,
+) -> ndarray::Array<A, D> {
+    let indices: Vec<usize> = (0..array.len_of(Axis(0)))
+        .flat_map(|i| std::iter::repeat_n(i, n))
+        .collect();
     array.select(Axis(0), &indices)
 }

@@ -30,7 +30,8 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Loads `tokenizer.json` and applies the bundle's pad token and max length.
     pub fn from_file(path: &Path, max_length: usize, pad_token: &str, pad_id: u32) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
@@ -44,7 +45,10 @@ impl ClipTokenizer {
             pad_token: pad_token.to_string(),
             ..Default::default()
         }));
-        Ok(ClipTokenizer { tokenizer, max_length })
+        Ok(ClipTokenizer {
+            tokenizer,
+            max_length,
+        })
     }
 
     /// Tokenizes `prompts` (any UTF-8, including empty) into `(len, max_length)` ids and mask.
@@ -63,7 +67,12 @@ impl ClipTokenizer {
                     enc.get_ids().len()
                 )));
             }
-            for (k, (&id, &m)) in enc.get_ids().iter().zip(enc.get_attention_mask()).enumerate() {
+            for (k, (&id, &m)) in enc
+                .get_ids()
+                .iter()
+                .zip(enc.get_attention_mask())
+                .enumerate()
+            {
                 ids[[row, k]] = id as i64;
                 mask[[row, k]] = m as i64;
             }
@@ -74,7 +83,9 @@ impl ClipTokenizer {
     /// Tokens of the prompt without truncation, to warn when a prompt is cut.
     pub fn untruncated_len(&self, prompt: &str) -> Result<usize> {
         let mut plain = self.tokenizer.clone();
-        plain.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        plain
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         plain.with_padding(None);
         Ok(plain
             .encode(prompt, true)
@@ -138,7 +149,11 @@ impl TextEncoder {
         for prompt in prompts {
             let len = self.tokenizer.untruncated_len(prompt)?;
             if len > self.tokenizer.max_length {
-                tracing::warn!(tokens = len, max = self.tokenizer.max_length, "prompt truncated: {prompt:?}");
+                tracing::warn!(
+                    tokens = len,
+                    max = self.tokenizer.max_length,
+                    "prompt truncated: {prompt:?}"
+                );
             }
         }
         let embeddings = self.encode_tokens(&tokens)?;
@@ -147,7 +162,10 @@ impl TextEncoder {
 
     /// Encodes already tokenized prompts.
     pub fn encode_tokens(&self, tokens: &Tokens) -> Result<TextEmbeddings> {
-        let mut out = self.model.run(&[Input::I64(tokens.ids.view().into_dyn())])?.into_iter();
+        let mut out = self
+            .model
+            .run(&[Input::I64(tokens.ids.view().into_dyn())])?
+            .into_iter();
         let embeds = into_dim(out.next(), "text_embeds")?;
         let hidden_states = into_dim(out.next(), "last_hidden_state")?;
         Ok(TextEmbeddings {
@@ -159,7 +177,10 @@ impl TextEncoder {
 }
 
 /// Converts a model output to a fixed rank, with a typed error on a rank mismatch.
-pub(crate) fn into_dim<D: ndarray::Dimension>(array: Option<ndarray::ArrayD<f32>>, what: &str) -> Result<ndarray::Array<f32, D>> {
+pub(crate) fn into_dim<D: ndarray::Dimension>(
+    array: Option<ndarray::ArrayD<f32>>,
+    what: &str,
+) -> Result<ndarray::Array<f32, D>> {
     let array = array.ok_or_else(|| Error::Ort {
         context: what.to_string(),
         message: "output missing".into(),

@@ -21,7 +21,8 @@ fn copy_bundle() -> (tempfile::TempDir, PathBuf) {
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("bundle.json");
-    let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut value);
     std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
 }
@@ -32,7 +33,11 @@ fn committed_tiny_bundle_matches_its_checksums() {
     assert_eq!(bundle.manifest.name, "tiny");
     assert!(bundle.files().len() >= 9, "tokenizer + 8 models");
     for (file, sha) in bundle.files() {
-        assert_eq!(sha256_file(&bundle.resolve(file).unwrap()).unwrap(), sha, "{file}");
+        assert_eq!(
+            sha256_file(&bundle.resolve(file).unwrap()).unwrap(),
+            sha,
+            "{file}"
+        );
     }
 }
 
@@ -40,7 +45,10 @@ fn committed_tiny_bundle_matches_its_checksums() {
 fn missing_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let err = Bundle::open(tmp.path()).unwrap_err();
-    assert!(matches!(&err, Error::BundleFileMissing { path } if path.ends_with("bundle.json")), "{err}");
+    assert!(
+        matches!(&err, Error::BundleFileMissing { path } if path.ends_with("bundle.json")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -48,7 +56,17 @@ fn unknown_format_version() {
     let (_tmp, dir) = copy_bundle();
     edit_manifest(&dir, |m| m["format_version"] = 99.into());
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(err, Error::BundleVersion { found: 99, supported: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::BundleVersion {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("re-export"), "{err}");
 }
 
@@ -56,10 +74,16 @@ fn unknown_format_version() {
 fn wrong_format_and_bad_json() {
     let (_tmp, dir) = copy_bundle();
     edit_manifest(&dir, |m| m["format"] = "something-else".into());
-    assert!(matches!(Bundle::open(&dir).unwrap_err(), Error::BundleInvalid { .. }));
+    assert!(matches!(
+        Bundle::open(&dir).unwrap_err(),
+        Error::BundleInvalid { .. }
+    ));
     std::fs::write(dir.join("bundle.json"), b"{ not json").unwrap();
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("JSON")), "{err}");
+    assert!(
+        matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("JSON")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -67,7 +91,10 @@ fn missing_onnx_file() {
     let (_tmp, dir) = copy_bundle();
     std::fs::remove_file(dir.join("decoder.onnx")).unwrap();
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(&err, Error::BundleFileMissing { path } if path.ends_with("decoder.onnx")), "{err}");
+    assert!(
+        matches!(&err, Error::BundleFileMissing { path } if path.ends_with("decoder.onnx")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +106,10 @@ fn checksum_mismatch() {
     bytes[last] ^= 0x55;
     std::fs::write(&path, bytes).unwrap();
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(&err, Error::ChecksumMismatch { path, .. } if path.ends_with("prior.onnx")), "{err}");
+    assert!(
+        matches!(&err, Error::ChecksumMismatch { path, .. } if path.ends_with("prior.onnx")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,7 +118,10 @@ fn paths_escaping_the_bundle() {
         let (_tmp, dir) = copy_bundle();
         edit_manifest(&dir, |m| m["models"]["prior"]["file"] = escape.into());
         let err = Bundle::open(&dir).unwrap_err();
-        assert!(matches!(&err, Error::BundlePathEscape { path } if path == escape), "{escape}: {err}");
+        assert!(
+            matches!(&err, Error::BundlePathEscape { path } if path == escape),
+            "{escape}: {err}"
+        );
     }
 }
 
@@ -100,15 +133,24 @@ fn truncated_onnx_with_matching_checksum_fails_at_load() {
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let sha = sha256_file(&path).unwrap();
     edit_manifest(&dir, |m| m["models"]["decoder"]["sha256"] = sha.into());
-    let err = Pipeline::load(&common::runtime(), &dir).err().expect("truncated model must not load");
-    assert!(matches!(&err, Error::ModelLoad { path, .. } if path.ends_with("decoder.onnx")), "{err}");
+    let err = Pipeline::load(&common::runtime(), &dir)
+        .err()
+        .expect("truncated model must not load");
+    assert!(
+        matches!(&err, Error::ModelLoad { path, .. } if path.ends_with("decoder.onnx")),
+        "{err}"
+    );
 }
 
 #[test]
 fn onnx_input_name_differs_from_manifest() {
     let (_tmp, dir) = copy_bundle();
-    edit_manifest(&dir, |m| m["models"]["prior"]["inputs"][1]["name"] = "t".into());
-    let err = Pipeline::load(&common::runtime(), &dir).err().expect("signature mismatch");
+    edit_manifest(&dir, |m| {
+        m["models"]["prior"]["inputs"][1]["name"] = "t".into()
+    });
+    let err = Pipeline::load(&common::runtime(), &dir)
+        .err()
+        .expect("signature mismatch");
     assert!(
         matches!(&err, Error::ModelSignature { path, detail } if path.ends_with("prior.onnx") && detail.contains("timestep")),
         "{err}"
@@ -118,8 +160,12 @@ fn onnx_input_name_differs_from_manifest() {
 #[test]
 fn onnx_output_dtype_differs_from_manifest() {
     let (_tmp, dir) = copy_bundle();
-    edit_manifest(&dir, |m| m["models"]["decoder"]["outputs"][0]["dtype"] = "int64".into());
-    let err = Pipeline::load(&common::runtime(), &dir).err().expect("dtype mismatch");
+    edit_manifest(&dir, |m| {
+        m["models"]["decoder"]["outputs"][0]["dtype"] = "int64".into()
+    });
+    let err = Pipeline::load(&common::runtime(), &dir)
+        .err()
+        .expect("dtype mismatch");
     assert!(
         matches!(&err, Error::ModelSignature { detail, .. } if detail.contains("float32") && detail.contains("int64")),
         "{err}"
@@ -129,9 +175,16 @@ fn onnx_output_dtype_differs_from_manifest() {
 #[test]
 fn onnx_fixed_dimension_differs_from_manifest() {
     let (_tmp, dir) = copy_bundle();
-    edit_manifest(&dir, |m| m["models"]["decoder"]["inputs"][0]["shape"][2] = 32.into());
-    let err = Pipeline::load(&common::runtime(), &dir).err().expect("shape mismatch");
-    assert!(matches!(&err, Error::ModelSignature { detail, .. } if detail.contains("shape")), "{err}");
+    edit_manifest(&dir, |m| {
+        m["models"]["decoder"]["inputs"][0]["shape"][2] = 32.into()
+    });
+    let err = Pipeline::load(&common::runtime(), &dir)
+        .err()
+        .expect("shape mismatch");
+    assert!(
+        matches!(&err, Error::ModelSignature { detail, .. } if detail.contains("shape")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,5 +192,8 @@ fn stage_refers_to_an_undefined_model() {
     let (_tmp, dir) = copy_bundle();
     edit_manifest(&dir, |m| m["decoder"]["model"] = "nope".into());
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("nope")), "{err}");
+    assert!(
+        matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("nope")),
+        "{err}"
+    );
 }

@@ -17,26 +17,58 @@ fn model() -> String {
     common::tiny_bundle().display().to_string()
 }
 
+fn model_str() -> &'static str {
+    static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODEL.get_or_init(model)
+}
+
 fn png_text(path: &Path) -> Vec<(String, String)> {
     unclip::image_io::read_png_text(path).unwrap()
 }
 
 fn meta<'a>(text: &'a [(String, String)], key: &str) -> &'a str {
-    text.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {key} in {text:?}"))
+    text.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {text:?}"))
 }
 
-const FAST: &[&str] = &["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2"];
+const FAST: &[&str] = &[
+    "--prior-steps",
+    "2",
+    "--decoder-steps",
+    "2",
+    "--sr-steps",
+    "2",
+];
 
 #[test]
 fn generate_writes_pngs_with_reproducible_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cat.png");
-    let mut args = vec!["-q", "generate", "a cat", "--model", &model(), "--seed", "7", "--rng", "torch", "--num-images", "2", "-o"];
+    let mut args = vec![
+        "-q",
+        "generate",
+        "a cat",
+        "--model",
+        model_str(),
+        "--seed",
+        "7",
+        "--rng",
+        "torch",
+        "--num-images",
+        "2",
+        "-o",
+    ];
     let out_s = out.display().to_string();
     args.push(&out_s);
     args.extend(FAST);
     let result = unclip(&args);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let first = tmp.path().join("cat_0.png");
     let second = tmp.path().join("cat_1.png");
     assert!(first.exists() && second.exists() && !out.exists());
@@ -56,7 +88,10 @@ fn generate_writes_pngs_with_reproducible_metadata() {
     let mut args2 = args.clone();
     *args2.iter_mut().find(|a| **a == out_s.as_str()).unwrap() = &again_s;
     assert!(unclip(&args2).status.success());
-    assert_eq!(std::fs::read(first).unwrap(), std::fs::read(tmp.path().join("again_0.png")).unwrap());
+    assert_eq!(
+        std::fs::read(first).unwrap(),
+        std::fs::read(tmp.path().join("again_0.png")).unwrap()
+    );
 }
 
 #[test]
@@ -66,14 +101,38 @@ fn dump_uses_reference_names_and_embedding_roundtrips() {
     let emb = tmp.path().join("emb.npy");
     let (dump_s, emb_s) = (dump.display().to_string(), emb.display().to_string());
     let out_s = tmp.path().join("a.png").display().to_string();
-    let mut args = vec!["-q", "generate", "a dog", "--model", &model(), "--seed", "1", "-o", &out_s, "--dump", &dump_s, "--save-image-embedding", &emb_s];
+    let mut args = vec![
+        "-q",
+        "generate",
+        "a dog",
+        "--model",
+        model_str(),
+        "--seed",
+        "1",
+        "-o",
+        &out_s,
+        "--dump",
+        &dump_s,
+        "--save-image-embedding",
+        &emb_s,
+    ];
     args.extend(FAST);
     assert!(unclip(&args).status.success());
     let reference = common::ref_dir().join("basic");
-    for name in ["prompt_ids", "text_embeds", "text_hidden_states", "image_embeddings", "decoder_out", "upsampled", "sr_out", "noise_000"] {
+    for name in [
+        "prompt_ids",
+        "text_embeds",
+        "text_hidden_states",
+        "image_embeddings",
+        "decoder_out",
+        "upsampled",
+        "sr_out",
+        "noise_000",
+    ] {
         assert!(dump.join(format!("{name}.npy")).exists(), "{name}");
         assert!(
-            reference.join(format!("{name}.npy")).exists() || reference.join(format!("{name}.sub4.npy")).exists(),
+            reference.join(format!("{name}.npy")).exists()
+                || reference.join(format!("{name}.sub4.npy")).exists(),
             "{name} is a reference name"
         );
     }
@@ -82,29 +141,108 @@ fn dump_uses_reference_names_and_embedding_roundtrips() {
 
     // Decoding the saved embedding skips the prior.
     let out2 = tmp.path().join("b.png").display().to_string();
-    let mut args = vec!["-q", "generate", "a dog", "--model", &model(), "--seed", "1", "-o", &out2, "--image-embedding", &emb_s, "--json"];
+    let mut args = vec![
+        "-q",
+        "generate",
+        "a dog",
+        "--model",
+        model_str(),
+        "--seed",
+        "1",
+        "-o",
+        &out2,
+        "--image-embedding",
+        &emb_s,
+        "--json",
+    ];
     args.extend(FAST);
     let result = unclip(&args);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(summary["seed"], 1);
-    assert!(summary["timings"].as_array().unwrap().iter().all(|t| t["stage"] != "prior"));
+    assert!(summary["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["stage"] != "prior"));
 }
 
 #[test]
 fn errors_are_one_line_with_nonzero_exit() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["generate".into(), "x".into(), "--model".into(), tmp.path().display().to_string()], "bundle file missing"),
-        (vec!["generate".into(), "x".into(), "--model".into(), model(), "--device".into(), "cuda".into()], "CUDAExecutionProvider"),
-        (vec!["generate".into(), "x".into(), "--model".into(), model(), "--device".into(), "tpu".into()], "unknown device"),
-        (vec!["generate".into(), "x".into(), "--model".into(), model(), "--decoder-steps".into(), "0".into()], "decoder steps"),
         (
-            vec!["generate".into(), "x".into(), "--model".into(), model(), "--image-embedding".into(), tmp.path().join("nope.npy").display().to_string()],
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                tmp.path().display().to_string(),
+            ],
+            "bundle file missing",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "--device".into(),
+                "cuda".into(),
+            ],
+            "CUDAExecutionProvider",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "--device".into(),
+                "tpu".into(),
+            ],
+            "unknown device",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "--decoder-steps".into(),
+                "0".into(),
+            ],
+            "decoder steps",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "--image-embedding".into(),
+                tmp.path().join("nope.npy").display().to_string(),
+            ],
             "nope.npy",
         ),
         (
-            vec!["generate".into(), "x".into(), "--model".into(), model(), "-o".into(), "/nonexistent/dir/x.png".into(), "--prior-steps".into(), "2".into(), "--decoder-steps".into(), "2".into(), "--sr-steps".into(), "2".into()],
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "-o".into(),
+                "/nonexistent/dir/x.png".into(),
+                "--prior-steps".into(),
+                "2".into(),
+                "--decoder-steps".into(),
+                "2".into(),
+                "--sr-steps".into(),
+                "2".into(),
+            ],
             "/nonexistent/dir/x.png",
         ),
     ];
@@ -116,7 +254,11 @@ fn errors_are_one_line_with_nonzero_exit() {
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{refs:?} should fail");
         assert!(stderr.contains(needle), "{refs:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{refs:?}: one line: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{refs:?}: one line: {stderr}"
+        );
         assert!(stderr.starts_with("error: "), "{stderr}");
     }
 }
@@ -126,19 +268,36 @@ fn info_and_bench() {
     let result = unclip(&["info", "--model", &model()]);
     assert!(result.status.success());
     let text = String::from_utf8_lossy(&result.stdout);
-    for needle in ["prior", "decoder", "sr256", "predicted_image_embedding", "[batch, 3, 64, 64]", "UnCLIPScheduler"] {
+    for needle in [
+        "prior",
+        "decoder",
+        "sr256",
+        "predicted_image_embedding",
+        "[batch, 3, 64, 64]",
+        "UnCLIPScheduler",
+    ] {
         assert!(text.contains(needle), "info lacks {needle}: {text}");
     }
     let m = model();
     let mut args = vec!["-q", "bench", "--model", &m, "--runs", "2", "--warmup", "0"];
     args.extend(FAST);
     let result = unclip(&args);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
     for stage in ["load", "text", "prior", "decoder", "sr256", "total"] {
         let s = &report["seconds"][stage];
-        assert!(s["min"].as_f64().unwrap() <= s["median"].as_f64().unwrap(), "{stage}");
-        assert!(s["median"].as_f64().unwrap() <= s["max"].as_f64().unwrap(), "{stage}");
+        assert!(
+            s["min"].as_f64().unwrap() <= s["median"].as_f64().unwrap(),
+            "{stage}"
+        );
+        assert!(
+            s["median"].as_f64().unwrap() <= s["max"].as_f64().unwrap(),
+            "{stage}"
+        );
     }
     let share = report["outside_ort_share"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&share));

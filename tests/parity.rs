@@ -22,7 +22,9 @@ const UINT8_TOL: u8 = 1;
 
 fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(|| Pipeline::load(&common::runtime(), common::tiny_bundle()).expect("load models/tiny"))
+    PIPELINE.get_or_init(|| {
+        Pipeline::load(&common::runtime(), common::tiny_bundle()).expect("load models/tiny")
+    })
 }
 
 fn case_json(dir: &Path) -> serde_json::Value {
@@ -42,14 +44,19 @@ fn request_of(case: &serde_json::Value, dir: &Path) -> TextToImage {
         // The variation pipeline: empty prompt, the image encoder's embedding instead of the
         // prior, CFG iff the decoder scale > 1 (prior scale 0 keeps it out of that rule).
         let embeddings = common::read_f32(&dir.join("image_embeddings.npy"));
-        let first = embeddings.index_axis(Axis(0), 0).to_owned().insert_axis(Axis(0));
+        let first = embeddings
+            .index_axis(Axis(0), 0)
+            .to_owned()
+            .insert_axis(Axis(0));
         request.prompts = vec![String::new()];
         request.image_embeddings = Some(first.into_dimensionality().unwrap());
         request.prior_guidance_scale = Some(0.0);
     } else {
         request.prompts = match &case["prompt"] {
             serde_json::Value::String(p) => vec![p.clone()],
-            serde_json::Value::Array(a) => a.iter().map(|p| p.as_str().unwrap().to_string()).collect(),
+            serde_json::Value::Array(a) => {
+                a.iter().map(|p| p.as_str().unwrap().to_string()).collect()
+            }
             other => panic!("prompt {other}"),
         };
         request.prior_steps = Some(case["prior_steps"].as_u64().unwrap() as usize);
@@ -147,7 +154,9 @@ fn compare(case: &serde_json::Value, dir: &Path, generation: &Generation) -> BTr
     }
     // Final uint8 images.
     for (i, image) in generation.images.iter().enumerate() {
-        let expected = image::open(dir.join(format!("image_{i}.png"))).unwrap().to_rgb8();
+        let expected = image::open(dir.join(format!("image_{i}.png")))
+            .unwrap()
+            .to_rgb8();
         assert_eq!(image.dimensions(), expected.dimensions());
         let values = image.as_raw().len();
         let above = image
@@ -172,18 +181,32 @@ fn run_case(name: &str) {
     let pipeline = pipeline();
 
     let mut recorded = recorded_noise(&case, &dir);
-    let generation = pipeline.generate(&request, &mut recorded, &mut no_observer()).unwrap();
-    assert_eq!(recorded.remaining_recorded, 0, "{name}: every recorded noise tensor is drawn");
-    assert_eq!(generation.images.len(), case["files"]["image"][0].as_u64().unwrap() as usize);
+    let generation = pipeline
+        .generate(&request, &mut recorded, &mut no_observer())
+        .unwrap();
+    assert_eq!(
+        recorded.remaining_recorded, 0,
+        "{name}: every recorded noise tensor is drawn"
+    );
+    assert_eq!(
+        generation.images.len(),
+        case["files"]["image"][0].as_u64().unwrap() as usize
+    );
     let report = compare(&case, &dir, &generation);
     eprintln!("{name} (recorded noise): {report:?}");
 
     let mut torch = TorchGenerator::new(case["seed"].as_u64().unwrap());
-    let again = pipeline.generate(&request, &mut torch, &mut no_observer()).unwrap();
+    let again = pipeline
+        .generate(&request, &mut torch, &mut no_observer())
+        .unwrap();
     compare(&case, &dir, &again);
     // Bit-exact noise: the two runs are the same computation.
     for (a, b) in generation.images.iter().zip(&again.images) {
-        assert_eq!(a.as_raw(), b.as_raw(), "{name}: recorded vs torch generator");
+        assert_eq!(
+            a.as_raw(),
+            b.as_raw(),
+            "{name}: recorded vs torch generator"
+        );
     }
 }
 

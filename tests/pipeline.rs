@@ -14,7 +14,9 @@ use unclip::{Error, Pipeline};
 
 fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(|| Pipeline::load(&common::runtime(), common::tiny_bundle()).expect("load models/tiny"))
+    PIPELINE.get_or_init(|| {
+        Pipeline::load(&common::runtime(), common::tiny_bundle()).expect("load models/tiny")
+    })
 }
 
 fn small(prompt: &str) -> TextToImage {
@@ -60,14 +62,22 @@ fn cancel_between_steps() {
         })
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled));
-    assert_eq!(calls, 1 + 3 + 1, "text, 3 prior steps, then the first decoder step cancels");
+    assert_eq!(
+        calls,
+        1 + 3 + 1,
+        "text, 3 prior steps, then the first decoder step cancels"
+    );
 }
 
 #[test]
 fn same_seed_same_image_different_seed_different_image() {
     let run = |seed| {
         pipeline()
-            .generate(&small("a red circle"), &mut TorchGenerator::new(seed), &mut no_observer())
+            .generate(
+                &small("a red circle"),
+                &mut TorchGenerator::new(seed),
+                &mut no_observer(),
+            )
             .unwrap()
     };
     let (a, b, c) = (run(5), run(5), run(6));
@@ -78,7 +88,9 @@ fn same_seed_same_image_different_seed_different_image() {
 #[test]
 fn precomputed_embedding_reproduces_the_run_that_saved_it() {
     let request = small("a blue square");
-    let first = pipeline().generate(&request, &mut TorchGenerator::new(9), &mut no_observer()).unwrap();
+    let first = pipeline()
+        .generate(&request, &mut TorchGenerator::new(9), &mut no_observer())
+        .unwrap();
     // Skipping the prior skips its noise draws, so feed the decoder the same noise by replaying
     // the generator past the prior's draws: 1 latent + (steps − 1) step noises of (1, D).
     let dim = first.image_embeddings.ncols();
@@ -88,7 +100,9 @@ fn precomputed_embedding_reproduces_the_run_that_saved_it() {
     }
     let mut again = request.clone();
     again.image_embeddings = Some(first.image_embeddings.clone());
-    let second = pipeline().generate(&again, &mut noise, &mut no_observer()).unwrap();
+    let second = pipeline()
+        .generate(&again, &mut noise, &mut no_observer())
+        .unwrap();
     assert!(!second.settings.ran_prior);
     assert_eq!(first.images[0].as_raw(), second.images[0].as_raw());
 }
@@ -97,8 +111,12 @@ fn precomputed_embedding_reproduces_the_run_that_saved_it() {
 fn negative_prompt_changes_the_unconditional_branch() {
     let mut with_negative = small("a star");
     with_negative.negative_prompt = Some("blurry".into());
-    let plain = pipeline().generate(&small("a star"), &mut FastNoise::new(3), &mut no_observer()).unwrap();
-    let negative = pipeline().generate(&with_negative, &mut FastNoise::new(3), &mut no_observer()).unwrap();
+    let plain = pipeline()
+        .generate(&small("a star"), &mut FastNoise::new(3), &mut no_observer())
+        .unwrap();
+    let negative = pipeline()
+        .generate(&with_negative, &mut FastNoise::new(3), &mut no_observer())
+        .unwrap();
     assert_ne!(plain.image_embeddings, negative.image_embeddings);
 }
 
@@ -107,7 +125,9 @@ fn batches_of_prompts_and_images_per_prompt() {
     let mut request = small("a");
     request.prompts = vec!["a red circle".into(), "a green square".into()];
     request.num_images_per_prompt = Some(2);
-    let out = pipeline().generate(&request, &mut FastNoise::new(4), &mut no_observer()).unwrap();
+    let out = pipeline()
+        .generate(&request, &mut FastNoise::new(4), &mut no_observer())
+        .unwrap();
     assert_eq!(out.images.len(), 4);
     assert_eq!(out.image_embeddings.nrows(), 4);
 }
@@ -116,10 +136,18 @@ fn batches_of_prompts_and_images_per_prompt() {
 fn invalid_requests_are_typed_errors() {
     let p = pipeline();
     let check = |request: TextToImage, name: &str| {
-        let err = p.generate(&request, &mut FastNoise::new(0), &mut no_observer()).unwrap_err();
+        let err = p
+            .generate(&request, &mut FastNoise::new(0), &mut no_observer())
+            .unwrap_err();
         assert!(
             matches!(&err, Error::InvalidArgument { name: n, .. } if *n == name)
-                || matches!((&err, name), (Error::Shape { .. } | Error::NonFinite { .. }, "image embeddings")),
+                || matches!(
+                    (&err, name),
+                    (
+                        Error::Shape { .. } | Error::NonFinite { .. },
+                        "image embeddings"
+                    )
+                ),
             "{name}: {err}"
         );
     };

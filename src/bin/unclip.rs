@@ -16,7 +16,11 @@ use unclip::stages::{Progress, Stage};
 use unclip::{noise, npy, Device, Pipeline, RngKind, Runtime};
 
 #[derive(Parser)]
-#[command(name = "unclip", version, about = "unCLIP (DALL·E 2) text-to-image on ONNX Runtime")]
+#[command(
+    name = "unclip",
+    version,
+    about = "unCLIP (DALL·E 2) text-to-image on ONNX Runtime"
+)]
 struct Cli {
     /// No progress bars or log lines on stderr.
     #[arg(short, long, global = true)]
@@ -135,7 +139,10 @@ fn main() -> ExitCode {
     if !cli.quiet {
         let filter = tracing_subscriber::EnvFilter::try_from_env("UNCLIP_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     let result = match cli.command {
         Command::Generate(args) => generate(args, cli.quiet),
@@ -189,7 +196,11 @@ fn load(args: &RuntimeArgs) -> Result<Pipeline> {
 }
 
 fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
-    let prompts = if args.prompts.is_empty() { vec![String::new()] } else { args.prompts.clone() };
+    let prompts = if args.prompts.is_empty() {
+        vec![String::new()]
+    } else {
+        args.prompts.clone()
+    };
     let image_embeddings = match &args.image_embedding {
         Some(path) => Some(npy::read_embeddings(path)?),
         None => None,
@@ -210,7 +221,9 @@ fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
 
 fn seed_of(args: &SamplingArgs) -> u64 {
     args.seed.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         (nanos as u64) ^ (std::process::id() as u64).rotate_left(32)
     })
 }
@@ -230,19 +243,27 @@ impl Bars {
     }
 
     fn update(&mut self, p: Progress) -> ControlFlow<()> {
-        let Some(multi) = &self.multi else { return ControlFlow::Continue(()) };
+        let Some(multi) = &self.multi else {
+            return ControlFlow::Continue(());
+        };
         if p.stage == Stage::Text {
             return ControlFlow::Continue(());
         }
-        if self.current.as_ref().is_none_or(|(stage, _)| *stage != p.stage) {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(stage, _)| *stage != p.stage)
+        {
             if let Some((_, bar)) = self.current.take() {
                 bar.finish();
             }
             let bar = multi.add(ProgressBar::new(p.steps as u64));
             bar.set_style(
-                ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar.set_prefix(p.stage.to_string());
             self.current = Some((p.stage, bar));
@@ -266,33 +287,64 @@ fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
     }
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
     let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
-    (0..count).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
+    (0..count)
+        .map(|i| out.with_file_name(format!("{stem}_{i}.{ext}")))
+        .collect()
 }
 
 /// Everything needed to reproduce an image, stored as PNG text chunks.
-fn metadata(pipeline: &Pipeline, args: &SamplingArgs, seed: u64, generation: &Generation, index: usize) -> Vec<(String, String)> {
+fn metadata(
+    pipeline: &Pipeline,
+    args: &SamplingArgs,
+    seed: u64,
+    generation: &Generation,
+    index: usize,
+) -> Vec<(String, String)> {
     let s = &generation.settings;
     let per_prompt = s.num_images_per_prompt.max(1);
-    let prompts = if args.prompts.is_empty() { vec![String::new()] } else { args.prompts.clone() };
+    let prompts = if args.prompts.is_empty() {
+        vec![String::new()]
+    } else {
+        args.prompts.clone()
+    };
     let bundle = pipeline.bundle();
     let mut meta = vec![
         ("prompt".to_string(), prompts[index / per_prompt].clone()),
         ("seed".into(), seed.to_string()),
         ("rng".into(), args.rng.to_string()),
-        ("num_images_per_prompt".into(), s.num_images_per_prompt.to_string()),
-        ("batch_prompts".into(), serde_json::to_string(&prompts).unwrap_or_default()),
+        (
+            "num_images_per_prompt".into(),
+            s.num_images_per_prompt.to_string(),
+        ),
+        (
+            "batch_prompts".into(),
+            serde_json::to_string(&prompts).unwrap_or_default(),
+        ),
         ("image_index".into(), index.to_string()),
         ("prior_steps".into(), s.prior_steps.to_string()),
         ("decoder_steps".into(), s.decoder_steps.to_string()),
         (
             "super_res_steps".into(),
-            s.super_res_steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            s.super_res_steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         ),
-        ("prior_guidance_scale".into(), s.prior_guidance_scale.to_string()),
-        ("decoder_guidance_scale".into(), s.decoder_guidance_scale.to_string()),
+        (
+            "prior_guidance_scale".into(),
+            s.prior_guidance_scale.to_string(),
+        ),
+        (
+            "decoder_guidance_scale".into(),
+            s.decoder_guidance_scale.to_string(),
+        ),
         ("model".into(), bundle.manifest.name.clone()),
         ("model_sha256".into(), bundle.manifest_sha256.clone()),
-        ("unclip_version".into(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "unclip_version".into(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ];
     if let Some(negative) = &args.negative_prompt {
         meta.push(("negative_prompt".into(), negative.clone()));
@@ -314,10 +366,14 @@ fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
     let paths = output_paths(&args.out, generation.images.len());
     for (i, (image, path)) in generation.images.iter().zip(&paths).enumerate() {
         let meta = metadata(&pipeline, &args.sampling, seed, &generation, i);
-        unclip::image_io::save_png(path, image, &meta).with_context(|| format!("writing {}", path.display()))?;
+        unclip::image_io::save_png(path, image, &meta)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.save_image_embedding {
-        npy::write(path, &unclip::pipeline::Tensor::F32(generation.image_embeddings.clone().into_dyn()))?;
+        npy::write(
+            path,
+            &unclip::pipeline::Tensor::F32(generation.image_embeddings.clone().into_dyn()),
+        )?;
     }
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -373,16 +429,23 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let mut settings = None;
     for run in 0..args.warmup + args.runs {
         let mut noise = noise::noise_source(args.sampling.rng, seed);
-        let generation = pipeline.generate(&request, noise.as_mut(), &mut |_| ControlFlow::Continue(()))?;
+        let generation =
+            pipeline.generate(&request, noise.as_mut(), &mut |_| ControlFlow::Continue(()))?;
         if !quiet {
             let total = generation.timings.last().map_or(0.0, |t| t.seconds);
-            eprintln!("run {run}{}: {total:.3} s", if run < args.warmup { " (warmup)" } else { "" });
+            eprintln!(
+                "run {run}{}: {total:.3} s",
+                if run < args.warmup { " (warmup)" } else { "" }
+            );
         }
         if run < args.warmup {
             continue;
         }
         for timing in &generation.timings {
-            match per_stage.iter_mut().find(|(stage, _)| *stage == timing.stage) {
+            match per_stage
+                .iter_mut()
+                .find(|(stage, _)| *stage == timing.stage)
+            {
                 Some((_, values)) => values.push(timing.seconds),
                 None => per_stage.push((timing.stage.clone(), vec![timing.seconds])),
             }
@@ -395,7 +458,10 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     }
     let settings = settings.context("no timed run")?;
     let mut stages = serde_json::Map::new();
-    stages.insert("load".into(), json!({"min": load_seconds, "median": load_seconds, "max": load_seconds}));
+    stages.insert(
+        "load".into(),
+        json!({"min": load_seconds, "median": load_seconds, "max": load_seconds}),
+    );
     for (stage, values) in &mut per_stage {
         stages.insert(stage.clone(), stats(values));
     }
@@ -437,7 +503,10 @@ fn info(model: Option<PathBuf>) -> Result<()> {
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let m = &bundle.manifest;
     println!("bundle   {} ({})", m.name, dir.display());
-    println!("format   {} v{}, dtype {}, source {}", m.format, m.format_version, m.dtype, m.source);
+    println!(
+        "format   {} v{}, dtype {}, source {}",
+        m.format, m.format_version, m.dtype, m.source
+    );
     println!("sha256   {}", bundle.manifest_sha256);
     println!(
         "tokenizer  max_length {}, pad {:?} (id {})",
@@ -448,8 +517,12 @@ fn info(model: Option<PathBuf>) -> Result<()> {
         format!(
             "{} variance={} prediction={}",
             s.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?"),
-            s.get("variance_type").and_then(|v| v.as_str()).unwrap_or("?"),
-            s.get("prediction_type").and_then(|v| v.as_str()).unwrap_or("?"),
+            s.get("variance_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+            s.get("prediction_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
         )
     };
     println!("stages:");
@@ -492,10 +565,20 @@ fn info(model: Option<PathBuf>) -> Result<()> {
     for (key, entry) in &m.models {
         println!("  {key} ({})", entry.file);
         for spec in &entry.inputs {
-            println!("    in  {:<28} {:<8} {}", spec.name, spec.dtype, shape_string(&spec.shape));
+            println!(
+                "    in  {:<28} {:<8} {}",
+                spec.name,
+                spec.dtype,
+                shape_string(&spec.shape)
+            );
         }
         for spec in &entry.outputs {
-            println!("    out {:<28} {:<8} {}", spec.name, spec.dtype, shape_string(&spec.shape));
+            println!(
+                "    out {:<28} {:<8} {}",
+                spec.name,
+                spec.dtype,
+                shape_string(&spec.shape)
+            );
         }
     }
     Ok(())

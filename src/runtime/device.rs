@@ -194,11 +194,23 @@ mod tests {
     #[test]
     fn parses_devices() {
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
-        assert_eq!("CUDA".parse::<Device>().unwrap(), Device::Cuda { device_id: 0 });
-        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda { device_id: 3 });
-        assert_eq!("tensorrt:1".parse::<Device>().unwrap(), Device::TensorRt { device_id: 1 });
+        assert_eq!(
+            "CUDA".parse::<Device>().unwrap(),
+            Device::Cuda { device_id: 0 }
+        );
+        assert_eq!(
+            "cuda:3".parse::<Device>().unwrap(),
+            Device::Cuda { device_id: 3 }
+        );
+        assert_eq!(
+            "tensorrt:1".parse::<Device>().unwrap(),
+            Device::TensorRt { device_id: 1 }
+        );
         for bad in ["", "cpu:0", "cuda:-1", "cuda:x", "metal", "openvino"] {
-            assert!(matches!(bad.parse::<Device>(), Err(Error::UnknownDevice(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Device>(), Err(Error::UnknownDevice(_))),
+                "{bad}"
+            );
         }
         assert_eq!(Device::TensorRt { device_id: 2 }.to_string(), "tensorrt:2");
     }
@@ -210,11 +222,21 @@ mod tests {
             cache_dir: Some(PathBuf::from("/tmp/trt")),
             max_workspace_size: Some(1 << 30),
         };
-        let shapes = Some(("a:1x3".to_string(), "a:2x3".to_string(), "a:8x3".to_string()));
+        let shapes = Some((
+            "a:1x3".to_string(),
+            "a:2x3".to_string(),
+            "a:8x3".to_string(),
+        ));
         let configs = provider_configs(&Device::TensorRt { device_id: 1 }, &trt, shapes);
         assert_eq!(configs.len(), 2);
         assert_eq!(configs[0].name, "TensorrtExecutionProvider");
-        let get = |k: &str| configs[0].options.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            configs[0]
+                .options
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("device_id"), Some("1"));
         assert_eq!(get("trt_fp16_enable"), Some("true"));
         assert_eq!(get("trt_engine_cache_path"), Some("/tmp/trt"));
@@ -222,7 +244,10 @@ mod tests {
         assert_eq!(get("trt_max_workspace_size"), Some("1073741824"));
         assert_eq!(get("trt_profile_opt_shapes"), Some("a:2x3"));
         assert_eq!(configs[1].name, "CUDAExecutionProvider");
-        assert_eq!(configs[1].options, vec![("device_id".to_string(), "1".to_string())]);
+        assert_eq!(
+            configs[1].options,
+            vec![("device_id".to_string(), "1".to_string())]
+        );
     }
 
     #[test]
@@ -231,6 +256,9 @@ mod tests {
         assert!(provider_configs(&Device::Cpu, &none, None).is_empty());
         let cuda = provider_configs(&Device::Cuda { device_id: 2 }, &none, None);
         assert_eq!(cuda.len(), 1);
-        assert_eq!(cuda[0].options, vec![("device_id".to_string(), "2".to_string())]);
+        assert_eq!(
+            cuda[0].options,
+            vec![("device_id".to_string(), "2".to_string())]
+        );
     }
 }

@@ -25,7 +25,10 @@ const LIB_NAMES: &[&str] = &["libonnxruntime.so"];
 /// Directories searched for the library, in order, after `ORT_DYLIB_PATH`.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("lib"));
         // target/{debug,release}/ and target/release/deps/ → the checkout's .ort/
         for up in exe_dir.ancestors().take(4) {
@@ -55,10 +58,16 @@ fn python_package_dirs() -> Vec<PathBuf> {
     roots.push(PathBuf::from("/usr/lib"));
     let mut out = Vec::new();
     for root in roots {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
         let mut pythons: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
             .collect();
         pythons.sort();
         for py in pythons {
@@ -93,6 +102,10 @@ pub fn find_library() -> Result<PathBuf> {
         }
     }
     Err(Error::OrtNotFound {
-        searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }

@@ -94,7 +94,9 @@ impl RuntimeBuilder {
 
     /// Loads ONNX Runtime (once per process) and checks the device's providers are available.
     pub fn build(self) -> Result<Runtime> {
-        let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut loaded = LOADED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if loaded.is_none() {
             let library = match self.library.clone() {
                 Some(path) => path,
@@ -188,6 +190,8 @@ fn ort_build_version() -> Option<String> {
     let info = ort::info();
     let start = info.find("rel-")? + 4;
     let rest = &info[start..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
     Some(rest[..end].to_string()).filter(|v| !v.is_empty())
 }

@@ -32,7 +32,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("name", &self.name).field("path", &self.path).finish()
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -56,12 +59,25 @@ impl Model {
                 fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
                     .into(),
             })?;
-        let session = builder.clone().commit_from_file(path).map_err(|e| Error::ModelLoad {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        check_signature(path, "input", session.inputs().iter().map(|o| (o.name(), o.dtype())), &entry.inputs)?;
-        check_signature(path, "output", session.outputs().iter().map(|o| (o.name(), o.dtype())), &entry.outputs)?;
+        let session = builder
+            .clone()
+            .commit_from_file(path)
+            .map_err(|e| Error::ModelLoad {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        check_signature(
+            path,
+            "input",
+            session.inputs().iter().map(|o| (o.name(), o.dtype())),
+            &entry.inputs,
+        )?;
+        check_signature(
+            path,
+            "output",
+            session.outputs().iter().map(|o| (o.name(), o.dtype())),
+            &entry.outputs,
+        )?;
         Ok(Model {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -98,7 +114,12 @@ impl Model {
         if inputs.len() != self.inputs.len() {
             return Err(Error::invalid(
                 "model inputs",
-                format!("{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len()),
+                format!(
+                    "{} takes {} inputs, got {}",
+                    self.name,
+                    self.inputs.len(),
+                    inputs.len()
+                ),
             ));
         }
         let context = || format!("running {}", self.name);
@@ -120,8 +141,12 @@ impl Model {
         let mut values = Vec::with_capacity(inputs.len());
         for (k, spec) in self.inputs.iter().enumerate() {
             let value: ort::session::SessionInputValue<'_> = match (&f32s[k], &i64s[k]) {
-                (Some(a), _) => TensorRef::from_array_view(a.view()).map_err(ort_error(context()))?.into(),
-                (_, Some(a)) => TensorRef::from_array_view(a.view()).map_err(ort_error(context()))?.into(),
+                (Some(a), _) => TensorRef::from_array_view(a.view())
+                    .map_err(ort_error(context()))?
+                    .into(),
+                (_, Some(a)) => TensorRef::from_array_view(a.view())
+                    .map_err(ort_error(context()))?
+                    .into(),
                 _ => unreachable!("every input is f32 or i64"),
             };
             values.push((spec.name.as_str(), value));
@@ -135,11 +160,14 @@ impl Model {
                 context: context(),
                 message: format!("output {} missing", spec.name),
             })?;
-            let array = value.try_extract_array::<f32>().map_err(ort_error(context()))?;
+            let array = value
+                .try_extract_array::<f32>()
+                .map_err(ort_error(context()))?;
             result.push(array.to_owned());
         }
         drop(outputs);
-        self.run_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.run_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(result)
     }
 }
@@ -209,7 +237,10 @@ fn check_signature<'a>(
 
 /// TensorRT optimization profiles: symbolic dims at 1 (min), 2 (opt: one CFG pair) and 8 (max).
 fn trt_profiles(inputs: &[TensorSpec]) -> Option<(String, String, String)> {
-    if inputs.iter().all(|i| i.shape.iter().all(|d| matches!(d, Dim::Fixed(_)))) {
+    if inputs
+        .iter()
+        .all(|i| i.shape.iter().all(|d| matches!(d, Dim::Fixed(_))))
+    {
         return None;
     }
     let render = |dynamic: usize| {

@@ -89,7 +89,11 @@ impl Decoder {
             });
         }
         let rows = text.embeds.nrows();
-        let text_proj = if text.cfg { &self.text_proj_cfg } else { &self.text_proj };
+        let text_proj = if text.cfg {
+            &self.text_proj_cfg
+        } else {
+            &self.text_proj
+        };
         let mut projected = text_proj
             .run(&[
                 Input::F32(image_embeddings.into_dyn()),
@@ -97,12 +101,17 @@ impl Decoder {
                 Input::F32(text.hidden_states.view().into_dyn()),
             ])?
             .into_iter();
-        let hidden_states: Array3<f32> = into_dim(projected.next(), "text_proj encoder_hidden_states")?;
-        let additive: Array2<f32> = into_dim(projected.next(), "text_proj additive_clip_time_embeddings")?;
+        let hidden_states: Array3<f32> =
+            into_dim(projected.next(), "text_proj encoder_hidden_states")?;
+        let additive: Array2<f32> =
+            into_dim(projected.next(), "text_proj additive_clip_time_embeddings")?;
         // F.pad(text_mask, (clip_extra_context_tokens, 0), value=True): the extra tokens are attended.
         let mask = concatenate(
             Axis(1),
-            &[Array2::<i64>::ones((rows, self.extra_tokens)).view(), text.mask.view()],
+            &[
+                Array2::<i64>::ones((rows, self.extra_tokens)).view(),
+                text.mask.view(),
+            ],
         )
         .map_err(|_| Error::invalid("text mask", "cannot pad the text mask"))?;
 
@@ -126,18 +135,30 @@ impl Decoder {
             ])?;
             let prediction: Array4<f32> = into_dim(out.pop(), "decoder prediction")?;
             let prediction = if text.cfg {
-                guidance::guide_learned_variance(prediction.view(), self.in_channels, guidance_scale)?
+                guidance::guide_learned_variance(
+                    prediction.view(),
+                    self.in_channels,
+                    guidance_scale,
+                )?
             } else {
                 prediction
             };
             latents = into_dim(
-                Some(scheduler.step(i, prediction.view().into_dyn(), latents.view().into_dyn(), noise)?),
+                Some(scheduler.step(
+                    i,
+                    prediction.view().into_dyn(),
+                    latents.view().into_dyn(),
+                    noise,
+                )?),
                 "decoder latents",
             )?;
             report(observer, Stage::Decoder, i + 1, timesteps.len())?;
         }
         latents.mapv_inplace(|x| x.clamp(-1.0, 1.0));
-        debug_assert_eq!(latents.slice(s![.., .., 0, 0]).len(), batch * self.in_channels);
+        debug_assert_eq!(
+            latents.slice(s![.., .., 0, 0]).len(),
+            batch * self.in_channels
+        );
         Ok(DecoderOutput {
             hidden_states,
             additive_clip_time_embeddings: additive,

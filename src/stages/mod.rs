@@ -80,7 +80,12 @@ pub struct Progress {
 pub type Observer<'a> = dyn FnMut(Progress) -> ControlFlow<()> + 'a;
 
 /// Reports progress, turning a cancel request into [`Error::Cancelled`].
-pub(crate) fn report(observer: &mut Observer<'_>, stage: Stage, step: usize, steps: usize) -> Result<()> {
+pub(crate) fn report(
+    observer: &mut Observer<'_>,
+    stage: Stage,
+    step: usize,
+    steps: usize,
+) -> Result<()> {
     match observer(Progress { stage, step, steps }) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(Error::Cancelled),
@@ -108,7 +113,12 @@ impl<'a> ModelCache<'a> {
             return Ok(model.clone());
         }
         let entry = self.bundle.model(key)?;
-        let model = Arc::new(Model::load(self.runtime, key, &self.bundle.resolve(&entry.file)?, entry)?);
+        let model = Arc::new(Model::load(
+            self.runtime,
+            key,
+            &self.bundle.resolve(&entry.file)?,
+            entry,
+        )?);
         self.loaded.insert(key.to_string(), model.clone());
         Ok(model)
     }
@@ -122,7 +132,10 @@ pub(crate) fn timestep_batch(t: i64, rows: usize) -> Array1<i64> {
 /// Steps must be at least 1; the scheduler rejects what it cannot do.
 pub(crate) fn check_steps(name: &'static str, steps: usize) -> Result<()> {
     if steps == 0 || steps > 1000 {
-        return Err(Error::invalid(name, format!("{steps} steps: use 1 to 1000")));
+        return Err(Error::invalid(
+            name,
+            format!("{steps} steps: use 1 to 1000"),
+        ));
     }
     Ok(())
 }

@@ -73,7 +73,10 @@ impl Prior {
         let batch = text.batch();
         let rows = text.embeds.nrows();
         // UnCLIPScheduler's init_noise_sigma is 1: the latents are the noise itself.
-        let mut latents: Array2<f32> = into_dim(Some(noise.randn(&[batch, self.embedding_dim()])?), "prior latents")?;
+        let mut latents: Array2<f32> = into_dim(
+            Some(noise.randn(&[batch, self.embedding_dim()])?),
+            "prior latents",
+        )?;
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if text.cfg {
@@ -96,7 +99,12 @@ impl Prior {
                 prediction
             };
             latents = into_dim(
-                Some(scheduler.step(i, prediction.into_dyn().view(), latents.view().into_dyn(), noise)?),
+                Some(scheduler.step(
+                    i,
+                    prediction.into_dyn().view(),
+                    latents.view().into_dyn(),
+                    noise,
+                )?),
                 "prior latents",
             )?;
             report(observer, Stage::Prior, i + 1, timesteps.len())?;

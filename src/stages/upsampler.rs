@@ -38,7 +38,11 @@ pub struct Upsampler {
 }
 
 impl Upsampler {
-    pub(crate) fn load(models: &mut ModelCache<'_>, entry: &UpsamplerEntry, _bundle: &Bundle) -> Result<Self> {
+    pub(crate) fn load(
+        models: &mut ModelCache<'_>,
+        entry: &UpsamplerEntry,
+        _bundle: &Bundle,
+    ) -> Result<Self> {
         Ok(Upsampler {
             name: entry.name.clone(),
             first: models.get(&entry.first)?,
@@ -82,19 +86,38 @@ impl Upsampler {
         }
         let scheduler = scheduler_from_config(&self.scheduler, steps)?;
         let size = self.sample_size;
-        let mut latents: Array4<f32> =
-            into_dim(Some(noise.randn(&[batch, self.channels, size, size])?), "super-res latents")?;
+        let mut latents: Array4<f32> = into_dim(
+            Some(noise.randn(&[batch, self.channels, size, size])?),
+            "super-res latents",
+        )?;
         let upsampled = resize_bicubic_antialias(low_res, size, size);
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
-            let model = if i + 1 == timesteps.len() { &self.last } else { &self.first };
-            let input = concatenate(Axis(1), &[latents.view(), upsampled.view()])
-                .map_err(|_| Error::invalid("super-res input", "latents and upsampled image differ in shape"))?;
+            let model = if i + 1 == timesteps.len() {
+                &self.last
+            } else {
+                &self.first
+            };
+            let input =
+                concatenate(Axis(1), &[latents.view(), upsampled.view()]).map_err(|_| {
+                    Error::invalid(
+                        "super-res input",
+                        "latents and upsampled image differ in shape",
+                    )
+                })?;
             let timestep = timestep_batch(t, batch);
-            let mut out = model.run(&[Input::F32(input.view().into_dyn()), Input::I64(timestep.view().into_dyn())])?;
+            let mut out = model.run(&[
+                Input::F32(input.view().into_dyn()),
+                Input::I64(timestep.view().into_dyn()),
+            ])?;
             let prediction: Array4<f32> = into_dim(out.pop(), "super-res prediction")?;
             latents = into_dim(
-                Some(scheduler.step(i, prediction.view().into_dyn(), latents.view().into_dyn(), noise)?),
+                Some(scheduler.step(
+                    i,
+                    prediction.view().into_dyn(),
+                    latents.view().into_dyn(),
+                    noise,
+                )?),
                 "super-res latents",
             )?;
             report(observer, Stage::Upsampler(index), i + 1, timesteps.len())?;

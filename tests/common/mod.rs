@@ -35,13 +35,19 @@ pub fn read_i64(path: &Path) -> ArrayD<i64> {
 }
 
 /// Max absolute difference; panics with the location of the worst value above `tol`.
-pub fn assert_close(what: &str, actual: ArrayViewD<'_, f32>, expected: ArrayViewD<'_, f32>, tol: f32) -> f32 {
+pub fn assert_close(
+    what: &str,
+    actual: ArrayViewD<'_, f32>,
+    expected: ArrayViewD<'_, f32>,
+    tol: f32,
+) -> f32 {
     assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
     let mut worst = (0.0f32, 0usize);
     for (i, (a, e)) in actual.iter().zip(expected.iter()).enumerate() {
         let d = (a - e).abs();
-        if !(d <= worst.0) {
-            worst = (if d.is_nan() { f32::INFINITY } else { d }, i);
+        let d = if d.is_nan() { f32::INFINITY } else { d };
+        if d > worst.0 {
+            worst = (d, i);
         }
     }
     assert!(
@@ -66,10 +72,22 @@ pub const ILL_CONDITIONED_SHARE: f64 = 1e-3;
 
 /// Image comparison: all but [`ILL_CONDITIONED_SHARE`] of the elements within `tol`, and the
 /// mean absolute difference within `tol / 10`. Returns (max, count above tol).
-pub fn assert_image_close(what: &str, actual: ArrayViewD<'_, f32>, expected: ArrayViewD<'_, f32>, tol: f32) -> (f32, usize) {
+pub fn assert_image_close(
+    what: &str,
+    actual: ArrayViewD<'_, f32>,
+    expected: ArrayViewD<'_, f32>,
+    tol: f32,
+) -> (f32, usize) {
     assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
-    let diffs: Vec<f32> = actual.iter().zip(expected.iter()).map(|(a, e)| (a - e).abs()).collect();
-    assert!(diffs.iter().all(|d| d.is_finite()), "{what}: NaN or infinite values");
+    let diffs: Vec<f32> = actual
+        .iter()
+        .zip(expected.iter())
+        .map(|(a, e)| (a - e).abs())
+        .collect();
+    assert!(
+        diffs.iter().all(|d| d.is_finite()),
+        "{what}: NaN or infinite values"
+    );
     let above = diffs.iter().filter(|d| **d > tol).count();
     let max = diffs.iter().copied().fold(0.0f32, f32::max);
     let mean = diffs.iter().map(|d| *d as f64).sum::<f64>() / diffs.len() as f64;
@@ -78,7 +96,11 @@ pub fn assert_image_close(what: &str, actual: ArrayViewD<'_, f32>, expected: Arr
         "{what}: {above} of {} elements differ by more than {tol:.0e} (max {max:.3e})",
         diffs.len()
     );
-    assert!(mean <= tol as f64 / 10.0, "{what}: mean |actual − expected| = {mean:.3e} > {:.0e}", tol / 10.0);
+    assert!(
+        mean <= tol as f64 / 10.0,
+        "{what}: mean |actual − expected| = {mean:.3e} > {:.0e}",
+        tol / 10.0
+    );
     (max, above)
 }
 
