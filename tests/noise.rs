@@ -15,12 +15,20 @@ fn torch_generator_is_bit_exact_with_pytorch() {
         let name = run["name"].as_str().unwrap();
         let mut generator = TorchGenerator::new(run["seed"].as_u64().unwrap());
         for draw in run["draws"].as_array().unwrap() {
-            let shape: Vec<usize> = draw["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let shape: Vec<usize> = draw["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             let expected = common::read_f32(&dir.join(draw["file"].as_str().unwrap()));
             let actual = generator.randn(&shape).unwrap();
             assert_eq!(actual.shape(), expected.shape());
-            if let Some((i, (a, e))) =
-                actual.iter().zip(expected.iter()).enumerate().find(|(_, (a, e))| a.to_bits() != e.to_bits())
+            if let Some((i, (a, e))) = actual
+                .iter()
+                .zip(expected.iter())
+                .enumerate()
+                .find(|(_, (a, e))| a.to_bits() != e.to_bits())
             {
                 panic!("{name} {shape:?}: first mismatch at {i}: {a:e} vs torch {e:e}");
             }
@@ -62,12 +70,18 @@ fn fast_noise_differs_across_seeds_and_calls_and_matches_across_thread_counts() 
     assert_ne!(first, FastNoise::new(2).randn(&[4096]).unwrap());
     // Large draws run in parallel chunks: a one-thread pool gives the same bits.
     let big_parallel = FastNoise::new(3).randn(&[3, 256, 256]).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let big_serial = pool.install(|| FastNoise::new(3).randn(&[3, 256, 256]).unwrap());
     assert_eq!(big_parallel, big_serial);
     // A prefix property: element i does not depend on the tensor size.
     let short = FastNoise::new(3).randn(&[100]).unwrap();
-    assert_eq!(short.as_slice().unwrap(), &big_parallel.as_slice().unwrap()[..100]);
+    assert_eq!(
+        short.as_slice().unwrap(),
+        &big_parallel.as_slice().unwrap()[..100]
+    );
 }
 
 #[test]
@@ -89,5 +103,8 @@ fn rng_kinds_parse() {
     assert_eq!("FAST".parse::<RngKind>().unwrap(), RngKind::Fast);
     assert!("mt".parse::<RngKind>().is_err());
     let mut g = noise_source(RngKind::Torch, 42);
-    assert_eq!(g.randn(&[16]).unwrap(), TorchGenerator::new(42).randn(&[16]).unwrap());
+    assert_eq!(
+        g.randn(&[16]).unwrap(),
+        TorchGenerator::new(42).randn(&[16]).unwrap()
+    );
 }

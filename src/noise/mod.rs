@@ -57,7 +57,10 @@ impl FromStr for RngKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "torch" => Ok(RngKind::Torch),
             "fast" => Ok(RngKind::Fast),
-            other => Err(Error::invalid("rng", format!("{other:?}: choose torch or fast"))),
+            other => Err(Error::invalid(
+                "rng",
+                format!("{other:?}: choose torch or fast"),
+            )),
         }
     }
 }
@@ -91,5 +94,6 @@ fn numel(shape: &[usize]) -> Result<usize> {
 }
 
 fn into_array(shape: &[usize], data: Vec<f32>) -> Result<ArrayD<f32>> {
-    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::invalid("noise shape", e.to_string()))
+    ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|e| Error::invalid("noise shape", e.to_string()))
 }

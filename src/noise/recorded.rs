@@ -34,7 +34,10 @@ impl RecordedNoise {
             tensors.push(crate::npy::read_f32(&path)?);
         }
         if tensors.is_empty() {
-            return Err(Error::RecordedNoise(format!("no noise_000.npy in {}", dir.display())));
+            return Err(Error::RecordedNoise(format!(
+                "no noise_000.npy in {}",
+                dir.display()
+            )));
         }
         Ok(Self::from_arrays(tensors))
     }

@@ -20,7 +20,9 @@ pub struct TorchGenerator {
 
 impl std::fmt::Debug for TorchGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TorchGenerator").field("seed", &self.seed).finish()
+        f.debug_struct("TorchGenerator")
+            .field("seed", &self.seed)
+            .finish()
     }
 }
 
