@@ -4,9 +4,11 @@
 //! guidance, noise and image processing. See `DESIGN.md` for the data flow.
 
 pub mod bundle;
+pub mod capi;
 pub mod error;
 pub mod guidance;
 pub mod image_io;
+pub mod latent;
 pub mod noise;
 pub mod npy;
 pub mod pipeline;

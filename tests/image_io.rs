@@ -13,9 +13,11 @@ use unclip::image_io::{from_rgb8, read_png_text, resize_bicubic_antialias, save_
 use unclip::Error;
 
 /// Resize parity with torch's AVX2/AVX512 kernel. The arithmetic is mirrored operation for
-/// operation (float32 weights, fused multiply-adds, same order), so the measured difference is 0;
-/// 1e-6 leaves room for a torch build that evaluates one step differently without hiding a wrong
-/// filter (a = −0.75 instead of −0.5, no antialiasing, wrong pass order all differ by ≥ 1e-3).
+/// operation (float32 weights, the same fused and unfused multiply-adds in the same order), so the
+/// measured difference is 0. 1e-6 is a few ulps on these values: room for an isolated step
+/// rounded differently, while torch's DEFAULT (non-FMA) kernel, off by up to 2.5e-6, and any wrong
+/// filter — a = −0.75, no antialiasing, unscaled support: 1e-3 or more — fail. Smaller slips
+/// (pass order, a misplaced fused step) show in the bit-identical count printed per case.
 const RESIZE_TOL: f32 = 1e-6;
 
 fn fixtures() -> PathBuf {
