@@ -152,6 +152,19 @@ unclip_status unclip_generate_from_embeddings(const unclip_pipeline *pipeline, c
 /** CLIP text embedding of a prompt into out_embedding[dim] (dim = unclip_pipeline_embedding_dim). */
 unclip_status unclip_encode_text(const unclip_pipeline *pipeline, const char *prompt, float *out_embedding, size_t dim);
 
+/**
+ * Image variations (DALL·E 2 §3.1): the CLIP embedding of an RGB8 image (width*height*3 bytes,
+ * row-major, no padding) decoded num_images_per_prompt times. Needs a bundle with an image
+ * encoder. prior_* parameters are ignored.
+ */
+unclip_status unclip_generate_variations(const unclip_pipeline *pipeline, const uint8_t *rgb, uint32_t width,
+                                         uint32_t height, const unclip_generate_params *params,
+                                         unclip_image **out_images, size_t *out_count);
+
+/** CLIP image embedding of an RGB8 image (as above) into out_embedding[dim]. */
+unclip_status unclip_encode_image(const unclip_pipeline *pipeline, const uint8_t *rgb, uint32_t width, uint32_t height,
+                                  float *out_embedding, size_t dim);
+
 /** Spherical interpolation of two embeddings (norm interpolated linearly): out = slerp(a, b, t). */
 unclip_status unclip_slerp(const float *a, const float *b, size_t dim, float t, float *out);
 

@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod schedulers;
 pub mod stages;
 pub mod text;
+pub mod vision;
 
 pub use bundle::Bundle;
 pub use error::{Error, Result};

@@ -15,7 +15,7 @@ use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
 use crate::runtime::{Model, Runtime};
 use crate::stages::{
-    check_steps, Conditioning, Decoder, ModelCache, Observer, Prior, Stage, Upsampler,
+    check_steps, Conditioning, Decoder, ImageEncoder, ModelCache, Observer, Prior, Stage, Upsampler,
 };
 use crate::text::{TextEmbeddings, TextEncoder};
 use crate::{Error, Result};
@@ -93,6 +93,7 @@ pub struct Pipeline {
     bundle: Bundle,
     runtime: Runtime,
     text: TextEncoder,
+    image_encoder: Option<ImageEncoder>,
     prior: Prior,
     decoder: Decoder,
     upsamplers: Vec<Upsampler>,
@@ -110,6 +111,7 @@ impl Pipeline {
         let _span = tracing::info_span!("load", bundle = %bundle.dir.display()).entered();
         let text = TextEncoder::load(runtime, &bundle)?;
         let mut models = ModelCache::new(runtime, &bundle);
+        let image_encoder = ImageEncoder::load(&mut models, &bundle)?;
         let prior = Prior::load(&mut models, &bundle)?;
         let decoder = Decoder::load(&mut models, &bundle)?;
         let upsamplers = bundle
@@ -123,6 +125,7 @@ impl Pipeline {
             bundle,
             runtime: runtime.clone(),
             text,
+            image_encoder,
             prior,
             decoder,
             upsamplers,
@@ -139,6 +142,37 @@ impl Pipeline {
 
     pub fn text_encoder(&self) -> &TextEncoder {
         &self.text
+    }
+
+    /// The CLIP image tower; an error naming the fix when the bundle has none.
+    pub fn image_encoder(&self) -> Result<&ImageEncoder> {
+        self.image_encoder.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "image input",
+                "this bundle has no image encoder: export it from a checkpoint with image_encoder/ and \
+                 feature_extractor/ (Karlo's image-variations checkpoint)",
+            )
+        })
+    }
+
+    /// Image variations (DALL·E 2 §3.1; diffusers `UnCLIPImageVariationPipeline`): each image's
+    /// CLIP embedding is decoded `request.num_images_per_prompt` times, with the empty prompt
+    /// as text; CFG runs iff the decoder guidance scale is above 1. `request.prompts` and
+    /// `image_embeddings` are replaced.
+    pub fn vary(
+        &self,
+        images: &[image::DynamicImage],
+        request: &TextToImage,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<Generation> {
+        let embeddings = self.image_encoder()?.encode(images)?;
+        let mut variation = request.clone();
+        variation.prompts = vec![String::new(); images.len()];
+        variation.image_embeddings = Some(embeddings);
+        // No prior runs; scale 0 keeps the CFG decision to the decoder's scale, as diffusers.
+        variation.prior_guidance_scale = Some(0.0);
+        self.generate(&variation, noise, observer)
     }
 
     pub fn prior(&self) -> &Prior {

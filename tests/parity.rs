@@ -233,3 +233,23 @@ parity!(
     variation,
     variation_per2,
 );
+
+#[test]
+fn image_encoder_matches_transformers_on_reference_pixels() {
+    let dir = common::ref_dir().join("variation");
+    let pixels = common::read_f32(&dir.join("pixel_values.npy"))
+        .into_dimensionality()
+        .unwrap();
+    let embeddings = pipeline()
+        .image_encoder()
+        .unwrap()
+        .encode_pixels(pixels.view())
+        .unwrap();
+    let expected = common::read_f32(&dir.join("image_embeddings.npy"));
+    assert_close(
+        "image_embeds",
+        embeddings.into_dyn().view(),
+        expected.view(),
+        EMBEDDING_TOL,
+    );
+}

@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Generate images from prompts.
     Generate(GenerateArgs),
+    /// Image variations: decode each image's CLIP embedding N times (DALL·E 2 §3.1).
+    Vary(VaryArgs),
     /// Time every stage over several runs; JSON on stdout.
     Bench(BenchArgs),
     /// Print a bundle's stages, shapes and defaults.
@@ -121,6 +123,40 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct VaryArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Source images (PNG, JPEG or WebP).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Variations per image.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    num_images: usize,
+    /// Seed of the noise generator (default: random, printed and stored in the PNG).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Noise generator: torch (same images as diffusers) or fast.
+    #[arg(long, default_value = "fast")]
+    rng: RngKind,
+    #[arg(long)]
+    decoder_steps: Option<usize>,
+    /// Steps per upsampler, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    sr_steps: Vec<usize>,
+    #[arg(long)]
+    decoder_guidance_scale: Option<f32>,
+    /// Output PNG; several images become OUT_0.png, OUT_1.png, ….
+    #[arg(long, short, default_value = "variation.png")]
+    out: PathBuf,
+    /// Write every intermediate tensor as .npy into this directory.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -146,6 +182,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Generate(args) => generate(args, cli.quiet),
+        Command::Vary(args) => vary(args, cli.quiet),
         Command::Bench(args) => bench(args, cli.quiet),
         Command::Info { model } => info(model),
     };
@@ -219,13 +256,12 @@ fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
     })
 }
 
-fn seed_of(args: &SamplingArgs) -> u64 {
-    args.seed.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        (nanos as u64) ^ (std::process::id() as u64).rotate_left(32)
-    })
+/// A seed for runs without --seed (printed and stored in the PNG, so still reproducible).
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (std::process::id() as u64).rotate_left(32)
 }
 
 /// Progress bars, one per stage, on stderr.
@@ -358,7 +394,7 @@ fn metadata(
 fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
     let pipeline = load(&args.runtime)?;
     let request = request(&args.sampling, args.dump.is_some())?;
-    let seed = seed_of(&args.sampling);
+    let seed = args.sampling.seed.unwrap_or_else(random_seed);
     let mut noise = noise::noise_source(args.sampling.rng, seed);
     let mut bars = Bars::new(quiet);
     let generation = pipeline.generate(&request, noise.as_mut(), &mut |p| bars.update(p))?;
@@ -375,28 +411,112 @@ fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
             &unclip::pipeline::Tensor::F32(generation.image_embeddings.clone().into_dyn()),
         )?;
     }
-    if let Some(dir) = &args.dump {
+    write_dump(args.dump.as_deref(), &generation)?;
+    report(
+        &paths,
+        seed,
+        args.sampling.rng,
+        &generation,
+        args.json,
+        quiet,
+    );
+    Ok(())
+}
+
+fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.runtime)?;
+    let limits = unclip::vision::ImageLimits::default();
+    let images = args
+        .images
+        .iter()
+        .map(|path| unclip::vision::load_image(path, &limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = TextToImage {
+        num_images_per_prompt: Some(args.num_images),
+        decoder_steps: args.decoder_steps,
+        super_res_steps: args.sr_steps.clone(),
+        decoder_guidance_scale: args.decoder_guidance_scale,
+        record_intermediates: args.dump.is_some(),
+        ..Default::default()
+    };
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut noise = noise::noise_source(args.rng, seed);
+    let mut bars = Bars::new(quiet);
+    let generation = pipeline.vary(&images, &request, noise.as_mut(), &mut |p| bars.update(p))?;
+    bars.finish();
+    let paths = output_paths(&args.out, generation.images.len());
+    let s = &generation.settings;
+    for (i, (image, path)) in generation.images.iter().zip(&paths).enumerate() {
+        let source = &args.images[i / s.num_images_per_prompt.max(1)];
+        let meta = vec![
+            ("source_image".to_string(), source.display().to_string()),
+            ("seed".into(), seed.to_string()),
+            ("rng".into(), args.rng.to_string()),
+            ("image_index".into(), i.to_string()),
+            ("decoder_steps".into(), s.decoder_steps.to_string()),
+            (
+                "super_res_steps".into(),
+                s.super_res_steps
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "decoder_guidance_scale".into(),
+                s.decoder_guidance_scale.to_string(),
+            ),
+            ("model".into(), pipeline.bundle().manifest.name.clone()),
+            (
+                "model_sha256".into(),
+                pipeline.bundle().manifest_sha256.clone(),
+            ),
+            (
+                "unclip_version".into(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+        ];
+        unclip::image_io::save_png(path, image, &meta)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    write_dump(args.dump.as_deref(), &generation)?;
+    report(&paths, seed, args.rng, &generation, args.json, quiet);
+    Ok(())
+}
+
+fn write_dump(dir: Option<&Path>, generation: &Generation) -> Result<()> {
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, tensor) in &generation.intermediates {
             npy::write(&dir.join(format!("{name}.npy")), tensor)?;
         }
     }
+    Ok(())
+}
+
+fn report(
+    paths: &[PathBuf],
+    seed: u64,
+    rng: RngKind,
+    generation: &Generation,
+    json: bool,
+    quiet: bool,
+) {
     let total = generation.timings.last().map_or(0.0, |t| t.seconds);
-    if args.json {
+    if json {
         let summary = json!({
             "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "seed": seed,
-            "rng": args.sampling.rng.to_string(),
+            "rng": rng.to_string(),
             "seconds": total,
             "timings": generation.timings.iter().map(|t| json!({"stage": t.stage, "seconds": t.seconds, "ort_seconds": t.ort_seconds})).collect::<Vec<_>>(),
         });
         println!("{summary}");
     } else if !quiet {
-        for path in &paths {
+        for path in paths {
             eprintln!("wrote {} (seed {seed}, {total:.2} s)", path.display());
         }
     }
-    Ok(())
 }
 
 fn stats(values: &mut [f64]) -> serde_json::Value {

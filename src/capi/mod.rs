@@ -314,15 +314,29 @@ unsafe fn run(
     out_images: *mut *mut unclip_image,
     out_count: *mut usize,
 ) -> Result<(), Error> {
+    let mut noise = noise_of(params);
+    let mut observer = progress_observer(params);
+    let generation = pipeline.generate(request, noise.as_mut(), &mut observer)?;
+    *out_images = types::images_into_raw(generation.images, out_count);
+    Ok(())
+}
+
+fn noise_of(params: &unclip_generate_params) -> Box<dyn crate::noise::NoiseSource> {
     let kind = if params.rng == 1 {
         RngKind::Torch
     } else {
         RngKind::Fast
     };
-    let mut noise = noise_source(kind, params.seed);
+    noise_source(kind, params.seed)
+}
+
+/// The caller's progress callback as an observer (non-zero return cancels).
+fn progress_observer(
+    params: &unclip_generate_params,
+) -> impl FnMut(crate::stages::Progress) -> ControlFlow<()> {
     let callback = params.progress;
     let user = params.progress_user_data;
-    let mut observer = |p: crate::stages::Progress| {
+    move |p: crate::stages::Progress| {
         let Some(callback) = callback else {
             return ControlFlow::Continue(());
         };
@@ -332,15 +346,13 @@ unsafe fn run(
             Stage::Decoder => 2,
             Stage::Upsampler(i) => 3 + i as i32,
         };
-        if callback(stage, p.step as u32, p.steps as u32, user) != 0 {
+        // SAFETY: the host promises a callable callback for the duration of the call.
+        if unsafe { callback(stage, p.step as u32, p.steps as u32, user) } != 0 {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
-    };
-    let generation = pipeline.generate(request, noise.as_mut(), &mut observer)?;
-    *out_images = types::images_into_raw(generation.images, out_count);
-    Ok(())
+    }
 }
 
 unsafe fn check_outputs(
@@ -444,6 +456,81 @@ pub unsafe extern "C" fn unclip_encode_text(
         }
         std::slice::from_raw_parts_mut(out_embedding, dim)
             .copy_from_slice(row.as_slice().unwrap_or(&row.to_vec()));
+        Ok(())
+    })
+}
+
+/// Copies a caller's tightly packed RGB8 buffer into an image.
+unsafe fn rgb_image(rgb: *const u8, width: u32, height: u32) -> Result<image::DynamicImage, Error> {
+    if rgb.is_null() || width == 0 || height == 0 {
+        return Err(invalid("rgb/width/height", "NULL buffer or zero size"));
+    }
+    let len = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3))
+        .filter(|n| *n <= 1 << 30)
+        .ok_or_else(|| invalid("width/height", "image too large"))?;
+    let bytes = std::slice::from_raw_parts(rgb, len).to_vec();
+    image::RgbImage::from_raw(width, height, bytes)
+        .map(image::DynamicImage::ImageRgb8)
+        .ok_or_else(|| invalid("rgb", "buffer size does not match width × height × 3"))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn unclip_encode_image(
+    pipeline: *const unclip_pipeline,
+    rgb: *const u8,
+    width: u32,
+    height: u32,
+    out_embedding: *mut f32,
+    dim: usize,
+) -> unclip_status {
+    guard(|| {
+        let pipeline = pipeline
+            .as_ref()
+            .ok_or_else(|| invalid("pipeline", "is NULL"))?;
+        if out_embedding.is_null() {
+            return Err(invalid("out_embedding", "is NULL"));
+        }
+        let image = rgb_image(rgb, width, height)?;
+        let embeddings = pipeline.pipeline.image_encoder()?.encode(&[image])?;
+        let row = embeddings.row(0);
+        if dim != row.len() {
+            return Err(invalid(
+                "dim",
+                &format!("{dim} given, the bundle's embeddings have {}", row.len()),
+            ));
+        }
+        std::slice::from_raw_parts_mut(out_embedding, dim).copy_from_slice(&row.to_vec());
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn unclip_generate_variations(
+    pipeline: *const unclip_pipeline,
+    rgb: *const u8,
+    width: u32,
+    height: u32,
+    params: *const unclip_generate_params,
+    out_images: *mut *mut unclip_image,
+    out_count: *mut usize,
+) -> unclip_status {
+    guard(|| {
+        check_outputs(out_images, out_count)?;
+        let pipeline = pipeline
+            .as_ref()
+            .ok_or_else(|| invalid("pipeline", "is NULL"))?;
+        let image = rgb_image(rgb, width, height)?;
+        let params = params_of(params)?;
+        let request = request_of(params)?;
+        let mut noise = noise_of(params);
+        let mut observer = progress_observer(params);
+        let generation =
+            pipeline
+                .pipeline
+                .vary(&[image], &request, noise.as_mut(), &mut observer)?;
+        *out_images = types::images_into_raw(generation.images, out_count);
         Ok(())
     })
 }

@@ -2,6 +2,7 @@
 //! (text → image embedding), the decoder (image embedding → 64×64) and the upsamplers.
 
 pub mod decoder;
+pub mod image_encoder;
 pub mod prior;
 pub mod upsampler;
 
@@ -17,6 +18,7 @@ use crate::runtime::{Model, Runtime};
 use crate::{Error, Result};
 
 pub use decoder::{Decoder, DecoderOutput};
+pub use image_encoder::ImageEncoder;
 pub use prior::{Prior, PriorOutput};
 pub use upsampler::{Upsampler, UpsamplerOutput};
 

@@ -192,6 +192,23 @@ int main(int argc, char **argv) {
     unclip_image_free(images, count);
     CHECK(unclip_generate_from_embeddings(pipeline, mixed, 1, dim - 1, &gp, &images, &count) != UNCLIP_OK, "bad dim");
 
+    /* Image variations and image embeddings from an RGB8 buffer. */
+    {
+        static uint8_t rgb[48 * 64 * 3];
+        size_t i;
+        for (i = 0; i < sizeof rgb; i++) {
+            rgb[i] = (uint8_t)(i * 7u);
+        }
+        CHECK(unclip_encode_image(pipeline, rgb, 64, 48, embedding, dim) == UNCLIP_OK, "encode image");
+        CHECK(unclip_encode_image(pipeline, NULL, 64, 48, embedding, dim) == UNCLIP_INVALID_ARGUMENT, "NULL rgb");
+        CHECK(unclip_encode_image(pipeline, rgb, 0, 48, embedding, dim) == UNCLIP_INVALID_ARGUMENT, "zero width");
+        small_params(&gp);
+        gp.num_images_per_prompt = 2;
+        CHECK(unclip_generate_variations(pipeline, rgb, 64, 48, &gp, &images, &count) == UNCLIP_OK, "variations");
+        CHECK(count == 2, "two variations");
+        unclip_image_free(images, count);
+    }
+
     /* Two host threads on one pipeline give the same image as each other. */
     for (t = 0; t < 2; t++) {
         jobs[t].pipeline = pipeline;
