@@ -304,3 +304,41 @@ fn info_and_bench() {
     assert_eq!(report["steps"]["decoder"], 2);
     assert_eq!(report["device"], "cpu");
 }
+
+#[test]
+fn vary_writes_variations_of_an_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v.png").display().to_string();
+    let source = common::ref_dir()
+        .join("variation/source.png")
+        .display()
+        .to_string();
+    let result = unclip(&[
+        "-q",
+        "vary",
+        &source,
+        "-n",
+        "2",
+        "--model",
+        model_str(),
+        "--seed",
+        "3",
+        "--decoder-steps",
+        "2",
+        "--sr-steps",
+        "2",
+        "-o",
+        &out,
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let first = tmp.path().join("v_0.png");
+    assert!(first.exists() && tmp.path().join("v_1.png").exists());
+    assert_eq!(meta(&png_text(&first), "source_image"), source);
+    let missing = unclip(&["-q", "vary", "/nonexistent.png", "--model", model_str()]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.png"));
+}
