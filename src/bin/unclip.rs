@@ -328,49 +328,27 @@ fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Everything needed to reproduce an image, stored as PNG text chunks.
-fn metadata(
+/// PNG metadata shared by every command: what reproduces the decoder and upsamplers.
+fn base_metadata(
     pipeline: &Pipeline,
-    args: &SamplingArgs,
     seed: u64,
+    rng: RngKind,
     generation: &Generation,
     index: usize,
 ) -> Vec<(String, String)> {
     let s = &generation.settings;
-    let per_prompt = s.num_images_per_prompt.max(1);
-    let prompts = if args.prompts.is_empty() {
-        vec![String::new()]
-    } else {
-        args.prompts.clone()
-    };
     let bundle = pipeline.bundle();
-    let mut meta = vec![
-        ("prompt".to_string(), prompts[index / per_prompt].clone()),
+    let super_res: Vec<String> = s.super_res_steps.iter().map(ToString::to_string).collect();
+    vec![
         ("seed".into(), seed.to_string()),
-        ("rng".into(), args.rng.to_string()),
+        ("rng".into(), rng.to_string()),
         (
             "num_images_per_prompt".into(),
             s.num_images_per_prompt.to_string(),
         ),
-        (
-            "batch_prompts".into(),
-            serde_json::to_string(&prompts).unwrap_or_default(),
-        ),
         ("image_index".into(), index.to_string()),
-        ("prior_steps".into(), s.prior_steps.to_string()),
         ("decoder_steps".into(), s.decoder_steps.to_string()),
-        (
-            "super_res_steps".into(),
-            s.super_res_steps
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        (
-            "prior_guidance_scale".into(),
-            s.prior_guidance_scale.to_string(),
-        ),
+        ("super_res_steps".into(), super_res.join(",")),
         (
             "decoder_guidance_scale".into(),
             s.decoder_guidance_scale.to_string(),
@@ -381,7 +359,39 @@ fn metadata(
             "unclip_version".into(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
+    ]
+}
+
+/// Everything needed to reproduce a generated image, stored as PNG text chunks.
+fn metadata(
+    pipeline: &Pipeline,
+    args: &SamplingArgs,
+    seed: u64,
+    generation: &Generation,
+    index: usize,
+) -> Vec<(String, String)> {
+    let s = &generation.settings;
+    let prompts = if args.prompts.is_empty() {
+        vec![String::new()]
+    } else {
+        args.prompts.clone()
+    };
+    let mut meta = vec![
+        (
+            "prompt".to_string(),
+            prompts[index / s.num_images_per_prompt.max(1)].clone(),
+        ),
+        (
+            "batch_prompts".into(),
+            serde_json::to_string(&prompts).unwrap_or_default(),
+        ),
+        ("prior_steps".into(), s.prior_steps.to_string()),
+        (
+            "prior_guidance_scale".into(),
+            s.prior_guidance_scale.to_string(),
+        ),
     ];
+    meta.extend(base_metadata(pipeline, seed, args.rng, generation, index));
     if let Some(negative) = &args.negative_prompt {
         meta.push(("negative_prompt".into(), negative.clone()));
     }
@@ -448,34 +458,8 @@ fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
     let s = &generation.settings;
     for (i, (image, path)) in generation.images.iter().zip(&paths).enumerate() {
         let source = &args.images[i / s.num_images_per_prompt.max(1)];
-        let meta = vec![
-            ("source_image".to_string(), source.display().to_string()),
-            ("seed".into(), seed.to_string()),
-            ("rng".into(), args.rng.to_string()),
-            ("image_index".into(), i.to_string()),
-            ("decoder_steps".into(), s.decoder_steps.to_string()),
-            (
-                "super_res_steps".into(),
-                s.super_res_steps
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            (
-                "decoder_guidance_scale".into(),
-                s.decoder_guidance_scale.to_string(),
-            ),
-            ("model".into(), pipeline.bundle().manifest.name.clone()),
-            (
-                "model_sha256".into(),
-                pipeline.bundle().manifest_sha256.clone(),
-            ),
-            (
-                "unclip_version".into(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-        ];
+        let mut meta = vec![("source_image".to_string(), source.display().to_string())];
+        meta.extend(base_metadata(&pipeline, seed, args.rng, &generation, i));
         unclip::image_io::save_png(path, image, &meta)
             .with_context(|| format!("writing {}", path.display()))?;
     }
