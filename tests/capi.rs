@@ -111,6 +111,11 @@ fn header_declares_exactly_the_exported_functions() {
 }
 
 fn build_c_test(dir: &Path, sanitize: bool) -> PathBuf {
+    assert!(
+        profile_dir().join("libunclip.so").exists(),
+        "libunclip.so missing in {}: run `cargo build --release --lib` first (scripts/test does)",
+        profile_dir().display()
+    );
     let exe = dir.join(if sanitize {
         "capi_test_asan"
     } else {
