@@ -535,3 +535,9 @@ fn repeat_array_rows<A: Clone, D: ndarray::RemoveAxis>(
         .collect();
     array.select(Axis(0), &indices)
 }
+
+/// A pipeline is shared across threads (C hosts, the server): keep it `Send + Sync`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Pipeline>();
+};

@@ -24,12 +24,16 @@ pub struct Tokens {
 /// The CLIP tokenizer of a bundle, configured with the bundle's padding and truncation.
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation or padding, to measure what a prompt loses.
+    plain: Tokenizer,
     max_length: usize,
 }
 
 impl ClipTokenizer {
     /// Loads `tokenizer.json` and applies the bundle's pad token and max length.
     pub fn from_file(path: &Path, max_length: usize, pad_token: &str, pad_id: u32) -> Result<Self> {
+        let plain = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let mut tokenizer = Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         tokenizer
@@ -47,6 +51,7 @@ impl ClipTokenizer {
         }));
         Ok(ClipTokenizer {
             tokenizer,
+            plain,
             max_length,
         })
     }
@@ -82,12 +87,8 @@ impl ClipTokenizer {
 
     /// Tokens of the prompt without truncation, to warn when a prompt is cut.
     pub fn untruncated_len(&self, prompt: &str) -> Result<usize> {
-        let mut plain = self.tokenizer.clone();
-        plain
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        plain.with_padding(None);
-        Ok(plain
+        Ok(self
+            .plain
             .encode(prompt, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?
             .get_ids()
