@@ -357,15 +357,11 @@ impl Pipeline {
         // 2. prior (or the given embeddings)
         let image_embeddings = match &request.image_embeddings {
             Some(given) => {
-                let per_prompt = if given.nrows() == 1 {
-                    given
-                        .broadcast((request.prompts.len(), given.ncols()))
-                        .map(|v| v.to_owned())
-                        .unwrap_or_else(|| given.clone())
-                } else {
-                    given.clone()
-                };
-                repeat_array_rows(&per_prompt, n)
+                // One row per prompt, or one row for all (checked in `resolve`); then per image.
+                let rows: Vec<usize> = (0..request.prompts.len() * n)
+                    .map(|i| if given.nrows() == 1 { 0 } else { i / n })
+                    .collect();
+                given.select(Axis(0), &rows)
             }
             None => {
                 clock = StageClock::start("prior", &[self.prior.model()]);
