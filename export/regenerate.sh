@@ -12,5 +12,6 @@ PY=${1:-${PYTHON:-.venv/bin/python}}
 "$PY" export/torch_rng_vectors.py
 "$PY" export/scheduler_reference.py
 "$PY" export/image_io_reference.py
+"$PY" export/vision_reference.py
 echo "fixtures regenerated; sizes:"
 du -sh tests/fixtures/* models/tiny
