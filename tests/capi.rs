@@ -1,34 +1,16 @@
 //! The C ABI from C: the header compiles as C99 and C++17 with warnings as errors, declares
 //! every exported function, and a C program (tests/c/capi_test.c) built against libunclip runs
-//! clean — under valgrind when it is installed — and produces the same bytes as the Rust API.
+//! clean under AddressSanitizer and produces the same bytes as the Rust API.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+
+use common::{profile_dir, run_ok};
 use std::process::Command;
-
-use unclip::noise::TorchGenerator;
-use unclip::pipeline::{no_observer, TextToImage};
-
-/// target/<profile>/, where cargo puts libunclip.so next to the test's deps/ folder.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
 
 fn header() -> PathBuf {
     common::repo().join("include")
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]
@@ -40,32 +22,36 @@ fn header_compiles_as_c99_and_cpp17() {
         "#include \"unclip.h\"\nint main(void) { return (int)unclip_abi_version() - 1; }\n",
     )
     .unwrap();
-    run(Command::new("gcc")
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-fsyntax-only",
-            "-I",
-        ])
-        .arg(header())
-        .arg(&c));
+    run_ok(
+        Command::new("gcc")
+            .args([
+                "-std=c99",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-fsyntax-only",
+                "-I",
+            ])
+            .arg(header())
+            .arg(&c),
+    );
     let cpp = tmp.path().join("h.cpp");
     std::fs::write(&cpp, "#include \"unclip.h\"\nint main() { return static_cast<int>(unclip_abi_version()) - 1; }\n").unwrap();
-    run(Command::new("g++")
-        .args([
-            "-std=c++17",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-fsyntax-only",
-            "-I",
-        ])
-        .arg(header())
-        .arg(&cpp));
+    run_ok(
+        Command::new("g++")
+            .args([
+                "-std=c++17",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-fsyntax-only",
+                "-I",
+            ])
+            .arg(header())
+            .arg(&cpp),
+    );
 }
 
 /// Names of `#[no_mangle]` functions in the C ABI sources.
@@ -121,45 +107,32 @@ fn build_c_test(dir: &Path, sanitize: bool) -> PathBuf {
     } else {
         "capi_test"
     });
-    run(Command::new("gcc")
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-O1",
-            "-g",
-        ])
-        .args(if sanitize {
-            &["-fsanitize=address", "-fno-omit-frame-pointer"][..]
-        } else {
-            &[][..]
-        })
-        .arg("-I")
-        .arg(header())
-        .arg(common::repo().join("tests/c/capi_test.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(profile_dir())
-        .args(["-lunclip", "-lpthread"]));
+    run_ok(
+        Command::new("gcc")
+            .args([
+                "-std=c99",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-O1",
+                "-g",
+            ])
+            .args(if sanitize {
+                &["-fsanitize=address", "-fno-omit-frame-pointer"][..]
+            } else {
+                &[][..]
+            })
+            .arg("-I")
+            .arg(header())
+            .arg(common::repo().join("tests/c/capi_test.c"))
+            .arg("-o")
+            .arg(&exe)
+            .arg("-L")
+            .arg(profile_dir())
+            .args(["-lunclip", "-lpthread"]),
+    );
     exe
-}
-
-fn rust_image() -> Vec<u8> {
-    let pipeline = unclip::Pipeline::load(&common::runtime(), common::tiny_bundle()).unwrap();
-    let request = TextToImage {
-        prompts: vec!["a red circle on a blue background".into()],
-        prior_steps: Some(2),
-        decoder_steps: Some(2),
-        super_res_steps: vec![2],
-        ..Default::default()
-    };
-    let out = pipeline
-        .generate(&request, &mut TorchGenerator::new(42), &mut no_observer())
-        .unwrap();
-    out.images[0].as_raw().clone()
 }
 
 /// The whole C program under AddressSanitizer (its allocator interposes every malloc/free of
@@ -173,16 +146,18 @@ fn c_program_runs_clean_under_asan_and_matches_the_rust_api() {
     let exe = build_c_test(tmp.path(), true);
     let rgb = tmp.path().join("c.rgb");
     let ort = unclip::runtime::find_library().expect("scripts/setup-ort");
-    let out = run(Command::new(&exe)
-        .arg(common::tiny_bundle())
-        .arg(&rgb)
-        .env("LD_LIBRARY_PATH", profile_dir())
-        .env("ORT_DYLIB_PATH", &ort)
-        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1"));
+    let out = run_ok(
+        Command::new(&exe)
+            .arg(common::tiny_bundle())
+            .arg(&rgb)
+            .env("LD_LIBRARY_PATH", profile_dir())
+            .env("ORT_DYLIB_PATH", &ort)
+            .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1"),
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("capi_test: ok"));
     assert_eq!(
         std::fs::read(&rgb).unwrap(),
-        rust_image(),
+        common::tiny_image("a red circle on a blue background", 42),
         "C ABI and Rust API differ for the same seed and settings"
     );
 }

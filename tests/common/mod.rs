@@ -110,3 +110,42 @@ pub fn runtime() -> unclip::Runtime {
         .build()
         .expect("ONNX Runtime must be installed for tests: run scripts/setup-ort")
 }
+
+/// target/<profile>/, where cargo puts libunclip.so next to the test's deps/ folder.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Runs a command and asserts it succeeded, showing its output otherwise.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is it installed? .ci/run installs cmake)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// RGB8 bytes the Rust API makes on the tiny bundle for `prompt` and `seed` (torch generator,
+/// 2/2/2 steps): what the C and C++ hosts must reproduce.
+pub fn tiny_image(prompt: &str, seed: u64) -> Vec<u8> {
+    use unclip::pipeline::{no_observer, TextToImage};
+    let pipeline = unclip::Pipeline::load(&runtime(), tiny_bundle()).unwrap();
+    let request = TextToImage {
+        prompts: vec![prompt.into()],
+        prior_steps: Some(2),
+        decoder_steps: Some(2),
+        super_res_steps: vec![2],
+        ..Default::default()
+    };
+    let mut noise = unclip::noise::TorchGenerator::new(seed);
+    let out = pipeline
+        .generate(&request, &mut noise, &mut no_observer())
+        .unwrap();
+    out.images[0].as_raw().clone()
+}
