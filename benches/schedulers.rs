@@ -38,7 +38,7 @@ fn decoder_step(c: &mut Criterion) {
         "clip_sample": true,
         "clip_sample_range": 1.0,
     });
-    let scheduler = scheduler_from_config(&config, 25).expect("decoder scheduler");
+    let mut scheduler = scheduler_from_config(&config, 25).expect("decoder scheduler");
     let model_output = pattern(&[2, 6, 64, 64], 1);
     let sample = pattern(&[2, 3, 64, 64], 2);
     let mut noise = FixedNoise(pattern(&[2, 3, 64, 64], 3));

@@ -238,7 +238,7 @@ fn steps_match_diffusers() {
             "pipeline" => {
                 let n = case.num_inference_steps.unwrap();
                 let i = case.step_index.unwrap();
-                let scheduler: Box<dyn Scheduler> =
+                let mut scheduler: Box<dyn Scheduler> =
                     Box::new(UnCLIPScheduler::new(config(&case.config), n).unwrap());
                 assert_eq!(scheduler.timesteps()[i], case.timestep, "{label}");
                 scheduler
@@ -274,7 +274,7 @@ fn steps_match_diffusers() {
 
 #[test]
 fn learned_range_may_omit_variance_channels_only_at_t0() {
-    let scheduler = UnCLIPScheduler::new(config("decoder"), 25).unwrap();
+    let mut scheduler = UnCLIPScheduler::new(config("decoder"), 25).unwrap();
     let sample = ArrayD::<f32>::from_elem(IxDyn(&[1, 3, 2, 2]), 0.25);
     let epsilon = ArrayD::<f32>::from_elem(IxDyn(&[1, 3, 2, 2]), 0.1);
     // last step (t = 0): no noise, no variance needed — diffusers accepts this too
@@ -307,7 +307,7 @@ fn one_step_is_the_single_timestep_t_minus_1() {
 #[test]
 fn one_step_returns_the_clipped_clean_estimate_without_noise() {
     // epsilon prediction (super-res config): x̂₀ = clamp((x − √(1−ᾱ)·ε)/√ᾱ, ±1) exactly
-    let scheduler = UnCLIPScheduler::new(config("super_res"), 1).unwrap();
+    let mut scheduler = UnCLIPScheduler::new(config("super_res"), 1).unwrap();
     let a = scheduler.alphas_cumprod()[999];
     let sample = ArrayD::from_shape_fn(IxDyn(&[2, 3, 2, 2]), |ix| ix[3] as f32 * 0.5 - 0.25);
     let epsilon = ArrayD::from_shape_fn(IxDyn(&[2, 3, 2, 2]), |ix| ix[1] as f32 * 0.3 - 0.3);
@@ -320,7 +320,7 @@ fn one_step_returns_the_clipped_clean_estimate_without_noise() {
     assert_eq!(out, expected);
 
     // sample prediction (prior config, range 5): the clipped model output itself
-    let prior = UnCLIPScheduler::new(config("prior"), 1).unwrap();
+    let mut prior = UnCLIPScheduler::new(config("prior"), 1).unwrap();
     let sample = ArrayD::from_elem(IxDyn(&[2, 8]), 3.0f32);
     let predicted = ArrayD::from_shape_fn(IxDyn(&[2, 8]), |ix| ix[1] as f32 * 1.7 - 6.0);
     let out = prior
@@ -329,7 +329,7 @@ fn one_step_returns_the_clipped_clean_estimate_without_noise() {
     assert_eq!(out, predicted.mapv(|v| v.clamp(-5.0, 5.0)));
 
     // learned range: the variance channels are split off and unused
-    let decoder = UnCLIPScheduler::new(config("decoder"), 1).unwrap();
+    let mut decoder = UnCLIPScheduler::new(config("decoder"), 1).unwrap();
     let model_output = ArrayD::from_elem(IxDyn(&[1, 6, 2, 2]), 1.0f32);
     let sample = ArrayD::from_elem(IxDyn(&[1, 3, 2, 2]), 0.0f32);
     let out = decoder
@@ -356,7 +356,7 @@ fn timesteps_decrease_strictly_from_t_minus_1_to_0() {
 #[test]
 fn every_step_but_the_last_draws_noise_of_the_sample_shape() {
     for (name, channels_out) in [("prior", 8), ("decoder", 6), ("super_res", 3)] {
-        let scheduler = UnCLIPScheduler::new(config(name), 7).unwrap();
+        let mut scheduler = UnCLIPScheduler::new(config(name), 7).unwrap();
         let (sample_shape, output_shape): (Vec<usize>, Vec<usize>) = if name == "prior" {
             (vec![2, 8], vec![2, channels_out])
         } else {
@@ -498,7 +498,7 @@ fn step_counts_out_of_range_are_errors() {
 
 #[test]
 fn bad_step_inputs_are_errors() {
-    let scheduler = UnCLIPScheduler::new(config("super_res"), 7).unwrap();
+    let mut scheduler = UnCLIPScheduler::new(config("super_res"), 7).unwrap();
     let sample = ArrayD::<f32>::zeros(IxDyn(&[1, 3, 2, 2]));
     let wrong = ArrayD::<f32>::zeros(IxDyn(&[1, 6, 2, 2])); // 2× channels, but variance is fixed
     let view: ArrayViewD<f32> = wrong.view();

@@ -21,8 +21,10 @@ use crate::{Error, Result};
 
 /// A scheduler whose timesteps are fixed at construction (diffusers' `set_timesteps`).
 ///
-/// `Send + Sync` and `&self` everywhere: one scheduler serves concurrent runs, and everything a
-/// run varies (the sample, the noise) is an argument.
+/// One scheduler drives one denoising loop: it is built per run (cheap: a 1000-entry table), and
+/// `step` takes `&mut self` because multistep solvers (DPM-Solver++) remember the model outputs
+/// of earlier steps, as diffusers' scheduler objects do. Steps must be taken in order, from
+/// index 0.
 pub trait Scheduler: Send + Sync {
     /// The timesteps of the denoising loop, first to last (decreasing). The model is evaluated at
     /// `timesteps()[i]` before `step(i, …)`.
@@ -35,7 +37,7 @@ pub trait Scheduler: Send + Sync {
     /// variance; it is split there as diffusers splits it. Random draws come from `noise`, in
     /// diffusers' order and with the sample's shape, only on steps where diffusers draws.
     fn step(
-        &self,
+        &mut self,
         step_index: usize,
         model_output: ArrayViewD<'_, f32>,
         sample: ArrayViewD<'_, f32>,

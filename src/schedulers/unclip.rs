@@ -426,7 +426,7 @@ impl Scheduler for UnCLIPScheduler {
     /// timestep is 0 for N ≥ 2, so that is −1 (ᾱ_prev = 1) and no noise is drawn. For N = 1 the
     /// single step goes from T − 1 to −1 as well (see [`UnCLIPScheduler::new`]), also without noise.
     fn step(
-        &self,
+        &mut self,
         step_index: usize,
         model_output: ArrayViewD<'_, f32>,
         sample: ArrayViewD<'_, f32>,

@@ -115,7 +115,7 @@ impl Decoder {
         )
         .map_err(|_| Error::invalid("text mask", "cannot pad the text mask"))?;
 
-        let scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
         let shape = [batch, self.in_channels, self.sample_size, self.sample_size];
         let mut latents: Array4<f32> = into_dim(Some(noise.randn(&shape)?), "decoder latents")?;
         let timesteps = scheduler.timesteps().to_vec();

@@ -69,7 +69,7 @@ impl Prior {
     ) -> Result<PriorOutput> {
         check_steps("prior steps", steps)?;
         let _span = tracing::info_span!("prior", steps, guidance_scale).entered();
-        let scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
         let batch = text.batch();
         let rows = text.embeds.nrows();
         // UnCLIPScheduler's init_noise_sigma is 1: the latents are the noise itself.

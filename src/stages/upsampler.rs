@@ -84,7 +84,7 @@ impl Upsampler {
                 found: low_res.shape().to_vec(),
             });
         }
-        let scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
         let size = self.sample_size;
         let mut latents: Array4<f32> = into_dim(
             Some(noise.randn(&[batch, self.channels, size, size])?),
