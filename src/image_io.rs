@@ -446,7 +446,27 @@ pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Resul
         .iter()
         .for_each(|chunk| file.extend_from_slice(chunk));
     file.extend_from_slice(&encoded[header_end..]);
-    std::fs::write(path, file).map_err(|e| Error::io(path, e))
+    write_atomic(path, &file)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so an
+/// interrupted run never leaves a truncated file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::invalid("output path", format!("{} names no file", path.display()))
+    })?;
+    let mut temporary = name.to_os_string();
+    temporary.push(format!(".tmp-{}", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    // Errors name the path the caller asked for, not the temporary one.
+    std::fs::write(&temporary, bytes).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(path, e)
+    })?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(path, e)
+    })
 }
 
 /// Reads the text chunks of a PNG file: `tEXt` (Latin-1) and uncompressed `iTXt` (UTF-8), in file

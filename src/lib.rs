@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod capi;
 pub mod error;
+pub mod explore;
 pub mod guidance;
 pub mod image_io;
 pub mod latent;
@@ -14,6 +15,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod runtime;
 pub mod schedulers;
+pub mod sheet;
 pub mod stages;
 pub mod text;
 pub mod vision;

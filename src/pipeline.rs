@@ -293,6 +293,69 @@ impl Pipeline {
         })
     }
 
+    /// The text conditioning of a request: each prompt's CLIP text encoding repeated once per
+    /// image, and with classifier-free guidance the negative (or empty) prompt's in front
+    /// (`[uncond, cond]`, diffusers' `_encode_prompt`).
+    fn condition(
+        &self,
+        request: &TextToImage,
+        settings: &ResolvedSettings,
+    ) -> Result<(crate::text::Tokens, Conditioning)> {
+        let n = settings.num_images_per_prompt;
+        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+        let (tokens, cond) = self.text.encode(&prompts)?;
+        let cond = repeat_rows(&cond, n);
+        let text = if settings.classifier_free_guidance {
+            let negative = request.negative_prompt.as_deref().unwrap_or("");
+            let (_, uncond) = self.text.encode(&[negative])?;
+            let uncond = repeat_rows(&uncond, cond.embeds.nrows());
+            Conditioning {
+                embeds: guidance::cfg_batch(uncond.embeds.view(), cond.embeds.view())?,
+                hidden_states: guidance::cfg_batch(
+                    uncond.hidden_states.view(),
+                    cond.hidden_states.view(),
+                )?,
+                mask: guidance::cfg_batch(uncond.mask.view(), cond.mask.view())?,
+                cfg: true,
+            }
+        } else {
+            Conditioning {
+                embeds: cond.embeds,
+                hidden_states: cond.hidden_states,
+                mask: cond.mask,
+                cfg: false,
+            }
+        };
+        Ok((tokens, text))
+    }
+
+    /// The CLIP image embeddings the prior predicts for `request.prompts` (stage 2 alone), one
+    /// row per prompt and image. Draws the same noise, in the same order, as [`Pipeline::generate`]
+    /// does before its decoder, so the rows equal `generate(request).image_embeddings` for the
+    /// same noise source.
+    pub fn embed_prompts(
+        &self,
+        request: &TextToImage,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array2<f32>> {
+        let mut request = request.clone();
+        request.image_embeddings = None;
+        let settings = self.resolve(&request)?;
+        let (_, text) = self.condition(&request, &settings)?;
+        crate::stages::report(observer, Stage::Text, 1, 1)?;
+        Ok(self
+            .prior
+            .sample(
+                &text,
+                settings.prior_steps,
+                settings.prior_guidance_scale,
+                noise,
+                observer,
+            )?
+            .image_embeddings)
+    }
+
     /// Runs text → image. `observer` sees every step and may cancel between steps.
     pub fn generate(
         &self,
@@ -319,32 +382,9 @@ impl Pipeline {
 
         // 1. text
         let mut clock = StageClock::start("text", &[self.text.model()]);
-        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
-        let (tokens, cond) = self.text.encode(&prompts)?;
+        let (tokens, text) = self.condition(request, &settings)?;
         keep("prompt_ids", Tensor::I64(tokens.ids.clone().into_dyn()));
         keep("prompt_mask", Tensor::I64(tokens.mask.clone().into_dyn()));
-        let cond = repeat_rows(&cond, n);
-        let text = if settings.classifier_free_guidance {
-            let negative = request.negative_prompt.as_deref().unwrap_or("");
-            let (_, uncond) = self.text.encode(&[negative])?;
-            let uncond = repeat_rows(&uncond, cond.embeds.nrows());
-            Conditioning {
-                embeds: guidance::cfg_batch(uncond.embeds.view(), cond.embeds.view())?,
-                hidden_states: guidance::cfg_batch(
-                    uncond.hidden_states.view(),
-                    cond.hidden_states.view(),
-                )?,
-                mask: guidance::cfg_batch(uncond.mask.view(), cond.mask.view())?,
-                cfg: true,
-            }
-        } else {
-            Conditioning {
-                embeds: cond.embeds,
-                hidden_states: cond.hidden_states,
-                mask: cond.mask,
-                cfg: false,
-            }
-        };
         keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
         keep(
             "text_hidden_states",

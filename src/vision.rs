@@ -122,11 +122,25 @@ fn decode(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<DynamicImage
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_error(name, e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(image_error(
-            name,
-            "not a PNG, JPEG or WebP image (unrecognized file signature); convert it to one of these",
-        ));
+    match reader.format() {
+        None => {
+            return Err(image_error(
+                name,
+                "not a PNG, JPEG or WebP image (unrecognized file signature); convert it to one of these",
+            ))
+        }
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) => {}
+        // The `image` crate may decode more (GIF is enabled for writing animations); the CLIP
+        // preprocessing is proven against Pillow for these three only.
+        Some(format) => {
+            return Err(image_error(
+                name,
+                format!(
+                    "{format:?} images are not supported: unclip reads PNG, JPEG and WebP; \
+                     convert the image to one of these"
+                ),
+            ))
+        }
     }
     // The decoder's own allocation cap: 16 bytes per allowed pixel covers the decoded buffer
     // (≤ 8 bytes per pixel: RGBA, 16 bits) and the decoders' working planes; never below the

@@ -4,11 +4,13 @@
 //! - [`TorchGenerator`]: bit-exact with PyTorch's CPU generator (`--rng torch`), so a seed gives
 //!   the image diffusers gives;
 //! - [`FastNoise`]: the default, counter-based and parallel, the same on every platform;
-//! - [`RecordedNoise`]: replays tensors (parity tests, DDIM inversion).
+//! - [`RecordedNoise`]: replays tensors (parity tests, DDIM inversion);
+//! - [`SharedNoise`]: wraps another source so every row of a batch gets the same noise.
 
 mod fast;
 pub mod mathfun;
 mod recorded;
+mod shared;
 mod torch;
 
 use std::fmt;
@@ -18,6 +20,7 @@ use ndarray::{ArrayD, IxDyn};
 
 pub use fast::FastNoise;
 pub use recorded::RecordedNoise;
+pub use shared::SharedNoise;
 pub use torch::TorchGenerator;
 
 use crate::{Error, Result};

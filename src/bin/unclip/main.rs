@@ -1,5 +1,7 @@
 //! The `unclip` command line: a thin shell over the library.
 
+mod explore;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +37,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Image variations: decode each image's CLIP embedding N times (DALL·E 2 §3.1).
     Vary(VaryArgs),
+    /// Interpolate between two images or prompts (DALL·E 2 §3.2): frames, contact sheet, GIF.
+    Interpolate(explore::InterpolateArgs),
+    /// Text diff (§3.3): move an image's embedding toward the direction between two captions.
+    Textdiff(explore::TextDiffArgs),
+    /// PCA probing (§3.4): decode an embedding rebuilt from its first k principal components.
+    Pca(explore::PcaArgs),
+    /// Guidance sweep: one grid over prior × decoder guidance scales, same seed.
+    Sweep(explore::SweepArgs),
     /// Time every stage over several runs; JSON on stdout.
     Bench(BenchArgs),
     /// Print a bundle's stages, shapes and defaults.
@@ -183,6 +193,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args, cli.quiet),
         Command::Vary(args) => vary(args, cli.quiet),
+        Command::Interpolate(args) => explore::interpolate(args, cli.quiet),
+        Command::Textdiff(args) => explore::textdiff(args, cli.quiet),
+        Command::Pca(args) => explore::pca(args, cli.quiet),
+        Command::Sweep(args) => explore::sweep(args, cli.quiet),
         Command::Bench(args) => bench(args, cli.quiet),
         Command::Info { model } => info(model),
     };

@@ -1,0 +1,574 @@
+//! `unclip interpolate | textdiff | pca | sweep`: latent-space explorations (DALL·E 2 §3), thin
+//! shells over `unclip::explore`. Each writes the single frames, one contact sheet and the
+//! embeddings into an output directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use unclip::explore::{Endpoint, Exploration, ExploreSettings};
+use unclip::latent::Pca;
+use unclip::pipeline::TextToImage;
+use unclip::sheet::{contact_sheet, save_gif, SheetLayout};
+use unclip::vision::{load_image, ImageLimits};
+use unclip::{npy, Pipeline, RngKind};
+
+use crate::{load, random_seed, Bars, RuntimeArgs};
+
+/// Sampling and output options every exploration shares.
+#[derive(Args, Clone)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Seed of the noise (default: random, printed and stored in the PNGs). The decoder noise is
+    /// the same in every frame.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Noise generator: torch (same images as diffusers) or fast.
+    #[arg(long, default_value = "fast")]
+    pub rng: RngKind,
+    /// Prior steps (for prompt inputs).
+    #[arg(long)]
+    pub prior_steps: Option<usize>,
+    #[arg(long)]
+    pub decoder_steps: Option<usize>,
+    /// Steps per upsampler, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub sr_steps: Vec<usize>,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// The caption the decoder sees in every frame (default: none, as image variations).
+    #[arg(long, default_value = "")]
+    pub decoder_prompt: String,
+    /// Frames decoded per batch (the images do not depend on it).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Side of a contact-sheet cell in pixels (default: the image size, at most 256).
+    #[arg(long)]
+    pub cell: Option<u32>,
+    /// Output directory (frames, sheet.png, embeddings.npy).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct InterpolateArgs {
+    /// First endpoint: an image file, a .npy embedding, or a prompt (`prompt:`/`image:` force
+    /// the reading).
+    pub a: String,
+    /// Second endpoint, as A.
+    pub b: String,
+    /// Number of frames, endpoints included.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    #[arg(long)]
+    pub prior_guidance_scale: Option<f32>,
+    #[arg(long)]
+    pub decoder_guidance_scale: Option<f32>,
+    /// Milliseconds per frame of the GIF.
+    #[arg(long, default_value_t = 150)]
+    pub frame_ms: u32,
+    #[command(flatten)]
+    pub common: ExploreArgs,
+}
+
+#[derive(Args)]
+pub struct TextDiffArgs {
+    /// The image to edit (an image file, a .npy embedding, or a prompt).
+    pub image: String,
+    /// Caption describing the image now.
+    #[arg(long)]
+    pub from: String,
+    /// Caption describing the wanted change.
+    #[arg(long)]
+    pub to: String,
+    #[arg(long, default_value_t = 6)]
+    pub frames: usize,
+    /// Largest rotation toward the text diff (the paper goes to 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    pub max_theta: f32,
+    #[arg(long)]
+    pub prior_guidance_scale: Option<f32>,
+    #[arg(long)]
+    pub decoder_guidance_scale: Option<f32>,
+    #[arg(long, default_value_t = 250)]
+    pub frame_ms: u32,
+    #[command(flatten)]
+    pub common: ExploreArgs,
+}
+
+#[derive(Args)]
+pub struct PcaArgs {
+    /// Fit the PCA on the CLIP embeddings of every image in this directory.
+    #[arg(long, group = "basis_source")]
+    pub fit: Option<PathBuf>,
+    /// Fit the PCA on these embeddings (.npy, (N, D)).
+    #[arg(long, group = "basis_source")]
+    pub embeddings: Option<PathBuf>,
+    /// Load a basis saved with --save-basis.
+    #[arg(long, group = "basis_source")]
+    pub basis: Option<PathBuf>,
+    /// Save the fitted basis (.npz: mean, components, explained_variance).
+    #[arg(long)]
+    pub save_basis: Option<PathBuf>,
+    /// The embedding to probe: an image file, a .npy embedding, or a prompt.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Component counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    pub components: Vec<usize>,
+    #[arg(long)]
+    pub prior_guidance_scale: Option<f32>,
+    #[arg(long)]
+    pub decoder_guidance_scale: Option<f32>,
+    #[command(flatten)]
+    pub common: ExploreArgs,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    pub prompt: String,
+    /// Prior guidance scales (rows), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub prior_guidance_scale: Vec<f32>,
+    /// Decoder guidance scales (columns), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    pub decoder_guidance_scale: Vec<f32>,
+    #[command(flatten)]
+    pub common: ExploreArgs,
+}
+
+/// Reads an endpoint argument: `prompt:TEXT`, `image:PATH`, an existing `.npy` file (an
+/// embedding), an existing file (an image), or else a prompt.
+fn endpoint(arg: &str) -> Result<(Endpoint, String)> {
+    if let Some(prompt) = arg.strip_prefix("prompt:") {
+        return Ok((
+            Endpoint::Prompt(prompt.to_string()),
+            format!("prompt {prompt:?}"),
+        ));
+    }
+    let (path, forced) = match arg.strip_prefix("image:") {
+        Some(path) => (Path::new(path), true),
+        None => (Path::new(arg), false),
+    };
+    if path.is_file() || forced {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+        {
+            let rows = npy::read_embeddings(path)?;
+            if rows.nrows() != 1 {
+                bail!(
+                    "{}: expected one embedding, found {}",
+                    path.display(),
+                    rows.nrows()
+                );
+            }
+            return Ok((
+                Endpoint::Embedding(rows.row(0).to_owned()),
+                format!("embedding {}", path.display()),
+            ));
+        }
+        let image = load_image(path, &ImageLimits::default())?;
+        return Ok((Endpoint::Image(image), format!("image {}", path.display())));
+    }
+    Ok((Endpoint::Prompt(arg.to_string()), format!("prompt {arg:?}")))
+}
+
+fn settings(
+    common: &ExploreArgs,
+    prior_guidance_scale: Option<f32>,
+    decoder_guidance_scale: Option<f32>,
+) -> ExploreSettings {
+    let mut settings = ExploreSettings::new(common.rng, common.seed.unwrap_or_else(random_seed));
+    settings.request = TextToImage {
+        prior_steps: common.prior_steps,
+        decoder_steps: common.decoder_steps,
+        super_res_steps: common.sr_steps.clone(),
+        prior_guidance_scale,
+        decoder_guidance_scale,
+        negative_prompt: common.negative_prompt.clone(),
+        ..Default::default()
+    };
+    settings.decoder_prompt = common.decoder_prompt.clone();
+    settings.batch = common.batch;
+    settings
+}
+
+/// What a written exploration consists of.
+struct Written {
+    frames: Vec<PathBuf>,
+    sheet: PathBuf,
+    gif: Option<PathBuf>,
+}
+
+/// Writes frames, sheet, optional GIF and embeddings; `meta` goes into every PNG.
+fn write(
+    pipeline: &Pipeline,
+    exploration: &Exploration,
+    out: &Path,
+    layout: SheetLayout,
+    gif_ms: Option<u32>,
+    settings: &ExploreSettings,
+    mut meta: Vec<(String, String)>,
+) -> Result<Written> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let s = &exploration.settings;
+    meta.extend([
+        ("seed".to_string(), settings.seed.to_string()),
+        ("rng".into(), settings.rng.to_string()),
+        ("decoder_prompt".into(), settings.decoder_prompt.clone()),
+        ("decoder_steps".into(), s.decoder_steps.to_string()),
+        (
+            "super_res_steps".into(),
+            s.super_res_steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
+            "decoder_guidance_scale".into(),
+            s.decoder_guidance_scale.to_string(),
+        ),
+        ("model".into(), pipeline.bundle().manifest.name.clone()),
+        (
+            "model_sha256".into(),
+            pipeline.bundle().manifest_sha256.clone(),
+        ),
+        (
+            "unclip_version".into(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ]);
+    let mut frames = Vec::new();
+    for (i, (image, label)) in exploration
+        .images
+        .iter()
+        .zip(&exploration.labels)
+        .enumerate()
+    {
+        let path = out.join(format!("frame_{i:03}.png"));
+        let mut frame_meta = meta.clone();
+        frame_meta.push(("frame".into(), i.to_string()));
+        frame_meta.push(("label".into(), label.clone()));
+        unclip::image_io::save_png(&path, image, &frame_meta)
+            .with_context(|| format!("writing {}", path.display()))?;
+        frames.push(path);
+    }
+    let sheet_image = contact_sheet(&exploration.images, &layout)?;
+    let sheet = out.join("sheet.png");
+    let mut sheet_meta = meta;
+    sheet_meta.push(("labels".into(), serde_json::to_string(&exploration.labels)?));
+    unclip::image_io::save_png(&sheet, &sheet_image, &sheet_meta)
+        .with_context(|| format!("writing {}", sheet.display()))?;
+    let gif = match gif_ms {
+        Some(ms) => {
+            let path = out.join("animation.gif");
+            save_gif(&path, &exploration.images, ms)?;
+            Some(path)
+        }
+        None => None,
+    };
+    npy::write(
+        &out.join("embeddings.npy"),
+        &unclip::pipeline::Tensor::F32(exploration.embeddings.clone().into_dyn()),
+    )?;
+    Ok(Written { frames, sheet, gif })
+}
+
+fn cell(common: &ExploreArgs, pipeline: &Pipeline) -> u32 {
+    common
+        .cell
+        .unwrap_or_else(|| (pipeline.output_size() as u32).min(256))
+}
+
+fn summarize(written: &Written, exploration: &Exploration, seed: u64, json: bool, quiet: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({
+                "frames": written.frames.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "labels": exploration.labels,
+                "sheet": written.sheet.display().to_string(),
+                "animation": written.gif.as_ref().map(|p| p.display().to_string()),
+                "seed": seed,
+                "seconds": exploration.seconds,
+            })
+        );
+    } else if !quiet {
+        eprintln!(
+            "wrote {} frames and {} (seed {seed}, {:.2} s)",
+            written.frames.len(),
+            written.sheet.display(),
+            exploration.seconds
+        );
+    }
+}
+
+pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.common.runtime)?;
+    let (a, a_name) = endpoint(&args.a)?;
+    let (b, b_name) = endpoint(&args.b)?;
+    let settings = settings(
+        &args.common,
+        args.prior_guidance_scale,
+        args.decoder_guidance_scale,
+    );
+    let mut bars = Bars::new(quiet);
+    let exploration =
+        pipeline.interpolate(&a, &b, args.frames, &settings, &mut |p| bars.update(p))?;
+    bars.finish();
+    let mut layout = SheetLayout::new(args.frames.min(8));
+    layout.cell = Some(cell(&args.common, &pipeline));
+    layout.title = Some(format!("{a_name} -> {b_name}"));
+    layout.captions = exploration.labels.clone();
+    let out = args
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| "interpolation".into());
+    let meta = vec![
+        ("command".to_string(), "interpolate".to_string()),
+        ("a".into(), a_name),
+        ("b".into(), b_name),
+        ("frames".into(), args.frames.to_string()),
+    ];
+    let written = write(
+        &pipeline,
+        &exploration,
+        &out,
+        layout,
+        Some(args.frame_ms),
+        &settings,
+        meta,
+    )?;
+    summarize(
+        &written,
+        &exploration,
+        settings.seed,
+        args.common.json,
+        quiet,
+    );
+    Ok(())
+}
+
+pub fn textdiff(args: TextDiffArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.common.runtime)?;
+    let (subject, name) = endpoint(&args.image)?;
+    let settings = settings(
+        &args.common,
+        args.prior_guidance_scale,
+        args.decoder_guidance_scale,
+    );
+    let mut bars = Bars::new(quiet);
+    let exploration = pipeline.text_diff(
+        &subject,
+        &args.from,
+        &args.to,
+        args.frames,
+        args.max_theta,
+        &settings,
+        &mut |p| bars.update(p),
+    )?;
+    bars.finish();
+    let mut layout = SheetLayout::new(args.frames.min(8));
+    layout.cell = Some(cell(&args.common, &pipeline));
+    layout.title = Some(format!("{:?} -> {:?}", args.from, args.to));
+    layout.captions = exploration.labels.clone();
+    let out = args.common.out.clone().unwrap_or_else(|| "textdiff".into());
+    let meta = vec![
+        ("command".to_string(), "textdiff".to_string()),
+        ("source".into(), name),
+        ("from".into(), args.from.clone()),
+        ("to".into(), args.to.clone()),
+        ("max_theta".into(), args.max_theta.to_string()),
+    ];
+    let written = write(
+        &pipeline,
+        &exploration,
+        &out,
+        layout,
+        Some(args.frame_ms),
+        &settings,
+        meta,
+    )?;
+    summarize(
+        &written,
+        &exploration,
+        settings.seed,
+        args.common.json,
+        quiet,
+    );
+    Ok(())
+}
+
+/// Image files of a directory, sorted by name.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "png" | "jpg" | "jpeg" | "webp"
+                )
+            })
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+pub fn pca(args: PcaArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.common.runtime)?;
+    let (pca, basis_name) = if let Some(dir) = &args.fit {
+        let paths = images_in(dir)?;
+        if paths.len() < 2 {
+            bail!(
+                "{}: need at least 2 images (PNG, JPEG or WebP) to fit a PCA, found {}",
+                dir.display(),
+                paths.len()
+            );
+        }
+        let encoder = pipeline.image_encoder()?;
+        let mut rows = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(16) {
+            let images = chunk
+                .iter()
+                .map(|p| load_image(p, &ImageLimits::default()))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.push(encoder.encode(&images)?);
+        }
+        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+        let embeddings = ndarray::concatenate(ndarray::Axis(0), &views)?;
+        (
+            Pca::fit(embeddings.view())?,
+            format!("fit on {} images in {}", paths.len(), dir.display()),
+        )
+    } else if let Some(path) = &args.embeddings {
+        let embeddings = npy::read_embeddings(path)?;
+        (
+            Pca::fit(embeddings.view())?,
+            format!(
+                "fit on {} embeddings in {}",
+                embeddings.nrows(),
+                path.display()
+            ),
+        )
+    } else if let Some(path) = &args.basis {
+        (Pca::load(path)?, format!("basis {}", path.display()))
+    } else {
+        bail!("give --fit DIR, --embeddings FILE.npy or --basis FILE.npz");
+    };
+    if let Some(path) = &args.save_basis {
+        pca.save(path)?;
+        if !quiet {
+            eprintln!(
+                "saved the basis ({} components) to {}",
+                pca.num_components(),
+                path.display()
+            );
+        }
+    }
+    let Some(source) = &args.source else {
+        if args.save_basis.is_none() {
+            bail!("nothing to do: give --source to probe an embedding, or --save-basis");
+        }
+        return Ok(());
+    };
+    let (source, source_name) = endpoint(source)?;
+    let settings = settings(
+        &args.common,
+        args.prior_guidance_scale,
+        args.decoder_guidance_scale,
+    );
+    let mut bars = Bars::new(quiet);
+    let exploration = pipeline.pca_probe(&pca, &source, &args.components, &settings, &mut |p| {
+        bars.update(p)
+    })?;
+    bars.finish();
+    let mut layout = SheetLayout::new(args.components.len().min(8));
+    layout.cell = Some(cell(&args.common, &pipeline));
+    layout.title = Some(format!("PCA of {source_name}"));
+    layout.captions = exploration.labels.clone();
+    let out = args.common.out.clone().unwrap_or_else(|| "pca".into());
+    let meta = vec![
+        ("command".to_string(), "pca".to_string()),
+        ("source".into(), source_name),
+        ("basis".into(), basis_name),
+        (
+            "components".into(),
+            args.components
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ];
+    let written = write(&pipeline, &exploration, &out, layout, None, &settings, meta)?;
+    summarize(
+        &written,
+        &exploration,
+        settings.seed,
+        args.common.json,
+        quiet,
+    );
+    Ok(())
+}
+
+pub fn sweep(args: SweepArgs, quiet: bool) -> Result<()> {
+    let pipeline = load(&args.common.runtime)?;
+    let settings = settings(&args.common, None, None);
+    let mut bars = Bars::new(quiet);
+    let exploration = pipeline.guidance_sweep(
+        &args.prompt,
+        &args.prior_guidance_scale,
+        &args.decoder_guidance_scale,
+        &settings,
+        &mut |p| bars.update(p),
+    )?;
+    bars.finish();
+    let mut layout = SheetLayout::new(args.decoder_guidance_scale.len());
+    layout.cell = Some(cell(&args.common, &pipeline));
+    layout.title = Some(format!("{:?}, seed {}", args.prompt, settings.seed));
+    layout.row_labels = args
+        .prior_guidance_scale
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    layout.column_labels = args
+        .decoder_guidance_scale
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    layout.row_axis = Some("prior guidance scale".into());
+    layout.column_axis = Some("decoder guidance scale".into());
+    let out = args.common.out.clone().unwrap_or_else(|| "sweep".into());
+    let meta = vec![
+        ("command".to_string(), "sweep".to_string()),
+        ("prompt".into(), args.prompt.clone()),
+        (
+            "prior_guidance_scales".into(),
+            serde_json::to_string(&args.prior_guidance_scale)?,
+        ),
+        (
+            "decoder_guidance_scales".into(),
+            serde_json::to_string(&args.decoder_guidance_scale)?,
+        ),
+    ];
+    let written = write(&pipeline, &exploration, &out, layout, None, &settings, meta)?;
+    summarize(
+        &written,
+        &exploration,
+        settings.seed,
+        args.common.json,
+        quiet,
+    );
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Exploring CLIP's latent space with a pipeline (DALL·E 2 §3, DESIGN §6): interpolations,
+//! text diffs, PCA probes and guidance sweeps. The math is in [`crate::latent`]; this module
+//! gets embeddings from images and prompts and decodes many embeddings with the decoder noise
+//! fixed across frames.
+//!
+//! Noise conventions, chosen so every frame can be reproduced by a single command:
+//! - a prompt endpoint is embedded by the prior with a fresh noise source seeded with `seed`,
+//!   so it equals the embedding `unclip generate PROMPT --seed SEED` uses;
+//! - frames are decoded with a fresh source seeded with `seed` behind [`SharedNoise`], so every
+//!   frame gets the noise of a batch of one: frame k equals `unclip generate "" --image-embedding
+//!   frame_k.npy --seed SEED` (with the same decoder prompt and settings), and frames do not
+//!   depend on how they are batched.
+
+use std::time::Instant;
+
+use image::{DynamicImage, RgbImage};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+use crate::latent::{self, Pca};
+use crate::noise::{noise_source, NoiseSource, SharedNoise};
+use crate::pipeline::{ResolvedSettings, TextToImage, MAX_BATCH};
+use crate::stages::Observer;
+use crate::{Error, Pipeline, Result, RngKind};
+
+/// One end of an interpolation, or the subject of a text diff or PCA probe.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An image, through the CLIP image encoder.
+    Image(DynamicImage),
+    /// A prompt, through the text encoder and the prior.
+    Prompt(String),
+    /// A CLIP image embedding given directly `(D,)`.
+    Embedding(Array1<f32>),
+}
+
+/// Settings shared by every exploration.
+#[derive(Debug, Clone)]
+pub struct ExploreSettings {
+    /// Steps and guidance scales of the prior (for prompt endpoints), the decoder and the
+    /// upsamplers, and the negative prompt. `prompts`, `num_images_per_prompt` and
+    /// `image_embeddings` are ignored.
+    pub request: TextToImage,
+    /// The caption the decoder sees in every frame (default empty, as image variations: the
+    /// embedding carries the content).
+    pub decoder_prompt: String,
+    pub rng: RngKind,
+    pub seed: u64,
+    /// Frames decoded per batch (results do not depend on it, see the module docs).
+    pub batch: usize,
+}
+
+impl ExploreSettings {
+    pub fn new(rng: RngKind, seed: u64) -> Self {
+        ExploreSettings {
+            request: TextToImage::default(),
+            decoder_prompt: String::new(),
+            rng,
+            seed,
+            batch: 8,
+        }
+    }
+}
+
+/// Decoded frames of an exploration.
+#[derive(Debug, Clone)]
+pub struct Exploration {
+    /// One label per frame (`θ=0.25`, `k=4`, `prior 4 / decoder 8`).
+    pub labels: Vec<String>,
+    /// The value each frame was made at (θ, k or a guidance scale pair's index).
+    pub values: Vec<f32>,
+    /// The CLIP image embedding each frame decodes, `(frames, D)`.
+    pub embeddings: Array2<f32>,
+    pub images: Vec<RgbImage>,
+    /// Settings of the decoder and upsamplers (for a sweep: of the last cell).
+    pub settings: ResolvedSettings,
+    /// Wall time of the whole exploration.
+    pub seconds: f64,
+}
+
+impl Pipeline {
+    /// The pooled CLIP text embeddings (`text_embeds`) of `captions`, `(N, D)`: the text side of
+    /// CLIP's joint space, used by text diffs.
+    pub fn text_embeddings(&self, captions: &[&str]) -> Result<Array2<f32>> {
+        if captions.is_empty() {
+            return Err(Error::invalid("captions", "give at least one caption"));
+        }
+        Ok(self.text_encoder().encode(captions)?.1.embeds)
+    }
+
+    /// The CLIP image embedding of an endpoint `(D,)`.
+    pub fn embed(
+        &self,
+        endpoint: &Endpoint,
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array1<f32>> {
+        let row = match endpoint {
+            Endpoint::Image(image) => self.image_encoder()?.encode(std::slice::from_ref(image))?,
+            Endpoint::Prompt(prompt) => {
+                let request = TextToImage {
+                    prompts: vec![prompt.clone()],
+                    num_images_per_prompt: Some(1),
+                    ..settings.request.clone()
+                };
+                let mut noise = noise_source(settings.rng, settings.seed);
+                self.embed_prompts(&request, noise.as_mut(), observer)?
+            }
+            Endpoint::Embedding(z) => {
+                if z.len() != self.prior().embedding_dim() {
+                    return Err(Error::Shape {
+                        what: "image embedding".into(),
+                        expected: format!("({},)", self.prior().embedding_dim()),
+                        found: vec![z.len()],
+                    });
+                }
+                if z.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::NonFinite {
+                        what: "image embedding".into(),
+                    });
+                }
+                return Ok(z.clone());
+            }
+        };
+        Ok(row.index_axis(Axis(0), 0).to_owned())
+    }
+
+    /// Decodes `embeddings` `(frames, D)` with the same decoder and upsampler noise for every
+    /// frame (see the module docs), in batches of `settings.batch`.
+    pub fn decode_embeddings(
+        &self,
+        embeddings: ArrayView2<'_, f32>,
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<(Vec<RgbImage>, ResolvedSettings)> {
+        if embeddings.nrows() == 0 {
+            return Err(Error::invalid("embeddings", "nothing to decode"));
+        }
+        if settings.batch == 0 || settings.batch > MAX_BATCH {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "{}: decode 1 to {MAX_BATCH} frames at a time",
+                    settings.batch
+                ),
+            ));
+        }
+        let mut images = Vec::with_capacity(embeddings.nrows());
+        let mut resolved = None;
+        for chunk in embeddings.axis_chunks_iter(Axis(0), settings.batch) {
+            let request = TextToImage {
+                prompts: vec![settings.decoder_prompt.clone(); chunk.nrows()],
+                num_images_per_prompt: Some(1),
+                image_embeddings: Some(chunk.to_owned()),
+                record_intermediates: false,
+                ..settings.request.clone()
+            };
+            let mut noise = SharedNoise::new(noise_source(settings.rng, settings.seed));
+            let generation = self.generate(&request, &mut noise, observer)?;
+            images.extend(generation.images);
+            resolved = Some(generation.settings);
+        }
+        let resolved = resolved.ok_or_else(|| Error::invalid("embeddings", "nothing to decode"))?;
+        Ok((images, resolved))
+    }
+
+    /// Interpolation between two endpoints (§3.2): `frames` slerps from `a` to `b`, decoded
+    /// with fixed noise.
+    pub fn interpolate(
+        &self,
+        a: &Endpoint,
+        b: &Endpoint,
+        frames: usize,
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Exploration> {
+        let started = Instant::now();
+        latent::linspace(0.0, 1.0, frames)?;
+        let za = self.embed(a, settings, observer)?;
+        let zb = self.embed(b, settings, observer)?;
+        let (thetas, embeddings) = latent::interpolate(za.view(), zb.view(), frames)?;
+        let labels = thetas.iter().map(|t| format!("θ={t:.2}")).collect();
+        self.finish(labels, thetas, embeddings, settings, observer, started)
+    }
+
+    /// Text diff (§3.3): rotates the embedding of `subject` toward the direction from the CLIP
+    /// text embedding of `from` to that of `to`, θ from 0 to `max_theta` over `frames` frames.
+    #[allow(clippy::too_many_arguments)]
+    pub fn text_diff(
+        &self,
+        subject: &Endpoint,
+        from: &str,
+        to: &str,
+        frames: usize,
+        max_theta: f32,
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Exploration> {
+        let started = Instant::now();
+        latent::linspace(0.0, max_theta, frames)?;
+        let z = self.embed(subject, settings, observer)?;
+        let text = self.text_embeddings(&[from, to])?;
+        if text.ncols() != z.len() {
+            return Err(Error::Shape {
+                what: "text embeddings for a text diff".into(),
+                expected: format!("dimension {} (the image embedding's)", z.len()),
+                found: text.shape().to_vec(),
+            });
+        }
+        let (thetas, embeddings) =
+            latent::text_diff(z.view(), text.row(0), text.row(1), frames, max_theta)?;
+        let labels = thetas.iter().map(|t| format!("θ={t:.2}")).collect();
+        self.finish(labels, thetas, embeddings, settings, observer, started)
+    }
+
+    /// PCA probe (§3.4): `source`'s embedding rebuilt from its first k components for each k of
+    /// `components`, decoded with fixed noise. A k above the basis size is an error.
+    pub fn pca_probe(
+        &self,
+        pca: &Pca,
+        source: &Endpoint,
+        components: &[usize],
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Exploration> {
+        let started = Instant::now();
+        if components.is_empty() || components.len() > latent::MAX_FRAMES {
+            return Err(Error::invalid(
+                "components",
+                format!("give 1 to {} component counts", latent::MAX_FRAMES),
+            ));
+        }
+        if pca.dim() != self.prior().embedding_dim() {
+            return Err(Error::Shape {
+                what: "PCA basis".into(),
+                expected: format!(
+                    "dimension {} (this bundle's CLIP)",
+                    self.prior().embedding_dim()
+                ),
+                found: vec![pca.dim()],
+            });
+        }
+        let z = self.embed(source, settings, observer)?;
+        let rows = components
+            .iter()
+            .map(|&k| pca.reconstruct(z.view(), k))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = latent::stack(&rows)?;
+        let labels = components.iter().map(|k| format!("k={k}")).collect();
+        let values = components.iter().map(|&k| k as f32).collect();
+        self.finish(labels, values, embeddings, settings, observer, started)
+    }
+
+    /// Guidance sweep: `prompt` generated at every (prior, decoder) guidance scale pair with the
+    /// same seed, row-major (prior scales down, decoder scales across). Each cell is exactly
+    /// `generate(prompt)` at those scales.
+    pub fn guidance_sweep(
+        &self,
+        prompt: &str,
+        prior_scales: &[f32],
+        decoder_scales: &[f32],
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Exploration> {
+        let started = Instant::now();
+        let cells = prior_scales.len() * decoder_scales.len();
+        if cells == 0 || cells > latent::MAX_FRAMES {
+            return Err(Error::invalid(
+                "guidance scales",
+                format!(
+                    "{} × {} cells: give at least one scale per stage and at most {} cells",
+                    prior_scales.len(),
+                    decoder_scales.len(),
+                    latent::MAX_FRAMES
+                ),
+            ));
+        }
+        // Check every cell before the first one runs.
+        let cell_request = |p: f32, d: f32| TextToImage {
+            prompts: vec![prompt.to_string()],
+            num_images_per_prompt: Some(1),
+            prior_guidance_scale: Some(p),
+            decoder_guidance_scale: Some(d),
+            image_embeddings: None,
+            record_intermediates: false,
+            ..settings.request.clone()
+        };
+        for &p in prior_scales {
+            for &d in decoder_scales {
+                self.resolve(&cell_request(p, d))?;
+            }
+        }
+        let mut images = Vec::with_capacity(cells);
+        let mut rows = Vec::with_capacity(cells);
+        let mut labels = Vec::with_capacity(cells);
+        let mut last = None;
+        for &p in prior_scales {
+            for &d in decoder_scales {
+                let mut noise: Box<dyn NoiseSource> = noise_source(settings.rng, settings.seed);
+                let generation = self.generate(&cell_request(p, d), noise.as_mut(), observer)?;
+                images.extend(generation.images);
+                rows.push(
+                    generation
+                        .image_embeddings
+                        .index_axis(Axis(0), 0)
+                        .to_owned(),
+                );
+                labels.push(format!("prior {p} / decoder {d}"));
+                last = Some(generation.settings);
+            }
+        }
+        let settings = last.ok_or_else(|| Error::invalid("guidance scales", "no cells"))?;
+        Ok(Exploration {
+            labels,
+            values: (0..cells).map(|i| i as f32).collect(),
+            embeddings: latent::stack(&rows)?,
+            images,
+            settings,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn finish(
+        &self,
+        labels: Vec<String>,
+        values: Vec<f32>,
+        embeddings: Array2<f32>,
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+        started: Instant,
+    ) -> Result<Exploration> {
+        let (images, resolved) = self.decode_embeddings(embeddings.view(), settings, observer)?;
+        Ok(Exploration {
+            labels,
+            values,
+            embeddings,
+            images,
+            settings: resolved,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
