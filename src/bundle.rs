@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::verify::{Identity, Verification, VerifiedCache, Verify};
 use crate::{Error, Result};
 
 /// The `format` string of every bundle.
@@ -156,8 +157,14 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Opens and validates the bundle in `dir` (see the module doc).
+    /// Opens and validates the bundle in `dir` (see the module doc), re-hashing only files that
+    /// changed since they were last verified ([`Verify::Cached`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        Self::open_with(dir, &Verification::default())
+    }
+
+    /// [`Bundle::open`] with an explicit verification policy.
+    pub fn open_with(dir: impl AsRef<Path>, verification: &Verification) -> Result<Bundle> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join("bundle.json");
         let bytes = match std::fs::read(&manifest_path) {
@@ -176,7 +183,7 @@ impl Bundle {
             manifest,
         };
         bundle.check_references(&manifest_path)?;
-        bundle.verify_files()?;
+        bundle.verify_files_with(verification)?;
         Ok(bundle)
     }
 
@@ -260,6 +267,11 @@ impl Bundle {
 
     /// Checks that every file exists and matches its sha256 (files hashed in parallel).
     pub fn verify_files(&self) -> Result<()> {
+        self.verify_files_with(&Verification::new(Verify::Always))
+    }
+
+    /// Checks that every file exists and, as `verification` says, matches its sha256.
+    pub fn verify_files_with(&self, verification: &Verification) -> Result<()> {
         let files = self.files();
         let resolved = files
             .iter()
@@ -270,7 +282,15 @@ impl Bundle {
                 return Err(Error::BundleFileMissing { path: path.clone() });
             }
         }
-        resolved.par_iter().try_for_each(|(path, expected)| {
+        if verification.mode == Verify::Never {
+            return Ok(());
+        }
+        let cache = VerifiedCache::load(verification);
+        let result = resolved.par_iter().try_for_each(|(path, expected)| {
+            if cache.is_verified(path, expected) {
+                return Ok(());
+            }
+            let identity = Identity::of(path);
             let actual = sha256_file(path)?;
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(Error::ChecksumMismatch {
@@ -279,8 +299,11 @@ impl Bundle {
                     actual,
                 });
             }
+            cache.record(path, identity, &actual);
             Ok(())
-        })
+        });
+        cache.save();
+        result
     }
 }
 

@@ -14,12 +14,14 @@
 use std::time::Instant;
 
 use image::{DynamicImage, RgbImage};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array4, ArrayView2, Axis};
 
 use crate::latent::{self, Pca};
 use crate::noise::{noise_source, NoiseSource, SharedNoise};
-use crate::pipeline::{ResolvedSettings, TextToImage, MAX_BATCH};
+use crate::pipeline::{Generation, ResolvedSettings, TextToImage, MAX_BATCH};
+use crate::schedulers::SchedulerKind;
 use crate::stages::Observer;
+use crate::stages::Sampling;
 use crate::{Error, Pipeline, Result, RngKind};
 
 /// One end of an interpolation, or the subject of a text diff or PCA probe.
@@ -77,7 +79,154 @@ pub struct Exploration {
     pub seconds: f64,
 }
 
+/// What DDIM inversion found for paper-faithful variations ([`Pipeline::vary_inverted`]).
+#[derive(Debug, Clone)]
+pub struct Inversion {
+    /// The sources at the decoder's resolution, in [−1, 1] `(sources, 3, 64, 64)`: what the
+    /// inversion started from.
+    pub sources: Array4<f32>,
+    /// The inverted latents `x_T` `(sources, 3, 64, 64)`.
+    pub latents: Array4<f32>,
+    /// Per output image: mean absolute difference between its 64×64 decoder output and its
+    /// source, in [−1, 1] units (η = 0 measures the reconstruction error; η > 0 how far a
+    /// variation strays).
+    pub mean_abs_error: Vec<f32>,
+    /// Per output image: PSNR in dB of the decoder output against the source (peak-to-peak 2).
+    pub psnr: Vec<f32>,
+}
+
+/// Center-crops `image` to a square and resizes it to `size` (Catmull-Rom bicubic, filtered
+/// over the whole footprint when shrinking), as a `(3, size, size)` tensor in [−1, 1].
+pub fn decoder_input(image: &DynamicImage, size: usize) -> Array4<f32> {
+    let rgb = image.to_rgb8();
+    let side = rgb.width().min(rgb.height());
+    let (x, y) = ((rgb.width() - side) / 2, (rgb.height() - side) / 2);
+    let square = image::imageops::crop_imm(&rgb, x, y, side, side).to_image();
+    let resized = image::imageops::resize(
+        &square,
+        size as u32,
+        size as u32,
+        image::imageops::FilterType::CatmullRom,
+    );
+    crate::image_io::from_rgb8(&resized).insert_axis(Axis(0))
+}
+
 impl Pipeline {
+    /// Paper-faithful image variations (DALL·E 2 §3.1): each source is DDIM-inverted through the
+    /// decoder, conditioned on its own CLIP embedding, to the `x_T` that DDIM maps back to it;
+    /// then decoded from that `x_T` with DDIM at η = `request.eta` (0 reconstructs the source,
+    /// larger η strays further). The inversion runs without guidance, the decode with the
+    /// request's decoder guidance scale (1 gives the closest reconstruction); both use the
+    /// decoder's step count with DDIM's `leading` spacing, so the two timestep lists mirror each
+    /// other. `request.decoder_scheduler` must be unset or DDIM. Noise (for η > 0 and the
+    /// upsamplers) comes from `noise`.
+    pub fn vary_inverted(
+        &self,
+        images: &[DynamicImage],
+        request: &TextToImage,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<(Generation, Inversion)> {
+        if images.is_empty() {
+            return Err(Error::invalid("images", "give at least one image"));
+        }
+        if request
+            .decoder_scheduler
+            .is_some_and(|kind| kind != SchedulerKind::Ddim)
+        {
+            return Err(Error::invalid(
+                "decoder scheduler",
+                "DDIM-inverted variations decode with DDIM: leave the decoder scheduler unset or \
+                 choose ddim",
+            ));
+        }
+        let embeddings = self.image_encoder()?.encode(images)?;
+        let size = self.decoder().sample_size();
+        let sources: Vec<Array4<f32>> = images.iter().map(|i| decoder_input(i, size)).collect();
+        let views: Vec<_> = sources.iter().map(|a| a.view()).collect();
+        let sources = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape {
+            what: format!("decoder inputs ({e})"),
+            expected: format!("(N, 3, {size}, {size})"),
+            found: vec![images.len()],
+        })?;
+
+        // The decode's settings first, so a bad request fails before the inversion runs.
+        let n = request.num_images_per_prompt.unwrap_or(1);
+        let mut decode = request.clone();
+        decode.prompts = vec![String::new(); images.len()];
+        decode.image_embeddings = Some(embeddings.clone());
+        decode.prior_guidance_scale = Some(0.0);
+        decode.decoder_scheduler = Some(SchedulerKind::Ddim);
+        decode.decoder_latents = Some(Array4::zeros((images.len() * n, 3, size, size)));
+        let resolved = self.resolve(&decode)?;
+
+        // Inversion: empty caption, the image's own embedding, no guidance.
+        let plain = TextToImage {
+            prompts: vec![String::new(); images.len()],
+            num_images_per_prompt: Some(1),
+            prior_guidance_scale: Some(0.0),
+            decoder_guidance_scale: Some(1.0),
+            image_embeddings: Some(embeddings.clone()),
+            ..Default::default()
+        };
+        let text = self.conditioning(&plain)?;
+        let sampling = Sampling::new(resolved.decoder_steps, 1.0);
+        let latents = self.decoder().invert(
+            sources.view(),
+            embeddings.view(),
+            &text,
+            &sampling,
+            observer,
+        )?;
+
+        let rows: Vec<usize> = (0..images.len() * n).map(|i| i / n).collect();
+        decode.decoder_latents = Some(latents.select(Axis(0), &rows));
+        let record = decode.record_intermediates;
+        decode.record_intermediates = true;
+        let mut generation = self.generate(&decode, noise, observer)?;
+        let decoded = match generation.intermediates.get("decoder_out") {
+            Some(crate::pipeline::Tensor::F32(t)) => t.clone(),
+            _ => {
+                return Err(Error::invalid(
+                    "decoder output",
+                    "the decoder output was not recorded",
+                ))
+            }
+        };
+        if !record {
+            generation.intermediates.clear();
+        }
+        let mut mean_abs_error = Vec::with_capacity(rows.len());
+        let mut psnr = Vec::with_capacity(rows.len());
+        for (i, &source) in rows.iter().enumerate() {
+            let out = decoded.index_axis(Axis(0), i);
+            let src = sources.index_axis(Axis(0), source);
+            let (mut abs, mut sq) = (0.0f64, 0.0f64);
+            for (a, b) in out.iter().zip(src.iter()) {
+                let d = (*a as f64) - (*b as f64);
+                abs += d.abs();
+                sq += d * d;
+            }
+            let count = src.len().max(1) as f64;
+            mean_abs_error.push((abs / count) as f32);
+            let mse = sq / count;
+            psnr.push(if mse > 0.0 {
+                (10.0 * (4.0 / mse).log10()) as f32
+            } else {
+                f32::INFINITY
+            });
+        }
+        Ok((
+            generation,
+            Inversion {
+                sources,
+                latents,
+                mean_abs_error,
+                psnr,
+            },
+        ))
+    }
+
     /// The pooled CLIP text embeddings (`text_embeds`) of `captions`, `(N, D)`: the text side of
     /// CLIP's joint space, used by text diffs.
     pub fn text_embeddings(&self, captions: &[&str]) -> Result<Array2<f32>> {

@@ -18,6 +18,7 @@ pub mod schedulers;
 pub mod sheet;
 pub mod stages;
 pub mod text;
+pub mod verify;
 pub mod vision;
 
 pub use bundle::Bundle;

@@ -7,15 +7,17 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::{Array2, Array4, ArrayD, Axis};
 
 use crate::bundle::Bundle;
 use crate::guidance;
 use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
 use crate::runtime::{Model, Runtime};
+use crate::schedulers::SchedulerKind;
 use crate::stages::{
-    check_steps, Conditioning, Decoder, ImageEncoder, ModelCache, Observer, Prior, Stage, Upsampler,
+    check_steps, Conditioning, Decoder, ImageEncoder, ModelCache, Observer, Prior, Sampling, Stage,
+    Upsampler,
 };
 use crate::text::{TextEmbeddings, TextEncoder};
 use crate::{Error, Result};
@@ -42,6 +44,18 @@ pub struct TextToImage {
     pub image_embeddings: Option<Array2<f32>>,
     /// Keep every intermediate tensor (for `--dump` and parity tests).
     pub record_intermediates: bool,
+    /// Scheduler of each stage (`None`: the bundle's, `UnCLIPScheduler` for Karlo); another kind
+    /// is converted from the bundle's config ([`crate::schedulers::SchedulerConfig::to_kind`]).
+    pub prior_scheduler: Option<SchedulerKind>,
+    pub decoder_scheduler: Option<SchedulerKind>,
+    /// For every upsampler.
+    pub super_res_scheduler: Option<SchedulerKind>,
+    /// DDIM's η for the stages that run DDIM (default 0: deterministic). An η above 0 with no
+    /// DDIM stage is an error.
+    pub eta: Option<f32>,
+    /// Start the decoder from these latents instead of drawing noise, `(images, 3, 64, 64)` or
+    /// `(1, 3, 64, 64)` for all (a DDIM-inverted `x_T`, see [`Pipeline::vary_inverted`]).
+    pub decoder_latents: Option<Array4<f32>>,
 }
 
 /// The settings a run actually used (defaults resolved), for metadata and benchmarks.
@@ -56,6 +70,50 @@ pub struct ResolvedSettings {
     pub classifier_free_guidance: bool,
     /// Whether the prior ran (false with precomputed image embeddings).
     pub ran_prior: bool,
+    /// The scheduler each stage ran.
+    pub prior_scheduler: SchedulerKind,
+    pub decoder_scheduler: SchedulerKind,
+    pub super_res_scheduler: Vec<SchedulerKind>,
+    /// DDIM's η (0 unless a stage runs DDIM).
+    pub eta: f32,
+}
+
+impl ResolvedSettings {
+    /// How the prior samples.
+    pub fn prior_sampling(&self) -> Sampling {
+        self.sampling(
+            self.prior_steps,
+            self.prior_guidance_scale,
+            self.prior_scheduler,
+        )
+    }
+
+    /// How the decoder samples.
+    pub fn decoder_sampling(&self) -> Sampling {
+        self.sampling(
+            self.decoder_steps,
+            self.decoder_guidance_scale,
+            self.decoder_scheduler,
+        )
+    }
+
+    /// How upsampler `i` samples.
+    pub fn super_res_sampling(&self, i: usize) -> Sampling {
+        self.sampling(self.super_res_steps[i], 1.0, self.super_res_scheduler[i])
+    }
+
+    fn sampling(&self, steps: usize, guidance_scale: f32, kind: SchedulerKind) -> Sampling {
+        Sampling {
+            steps,
+            guidance_scale,
+            scheduler: Some(kind),
+            eta: if kind == SchedulerKind::Ddim {
+                self.eta
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// Wall and ONNX Runtime seconds of one stage.
@@ -280,7 +338,25 @@ impl Pipeline {
         for &steps in &super_res_steps {
             check_steps("super-resolution steps", steps)?;
         }
-        Ok(ResolvedSettings {
+        let images = request.prompts.len() * n;
+        if let Some(latents) = &request.decoder_latents {
+            let size = self.decoder.sample_size();
+            let shape = latents.shape();
+            if !(shape[0] == 1 || shape[0] == images) || shape[1..] != [3, size, size] {
+                return Err(Error::Shape {
+                    what: "decoder latents".into(),
+                    expected: format!("(1 or {images}, 3, {size}, {size})"),
+                    found: shape.to_vec(),
+                });
+            }
+            if latents.iter().any(|x| !x.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "decoder latents".into(),
+                });
+            }
+        }
+        let eta = request.eta.unwrap_or(0.0);
+        let settings = ResolvedSettings {
             prior_steps,
             decoder_steps,
             super_res_steps,
@@ -290,7 +366,51 @@ impl Pipeline {
             // diffusers: CFG runs for both stages when either scale is above 1.
             classifier_free_guidance: prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0,
             ran_prior: request.image_embeddings.is_none(),
-        })
+            prior_scheduler: request
+                .prior_scheduler
+                .unwrap_or_else(|| self.prior.scheduler_config().kind()),
+            decoder_scheduler: request
+                .decoder_scheduler
+                .unwrap_or_else(|| self.decoder.scheduler_config().kind()),
+            super_res_scheduler: self
+                .upsamplers
+                .iter()
+                .map(|u| {
+                    request
+                        .super_res_scheduler
+                        .unwrap_or_else(|| u.scheduler_config().kind())
+                })
+                .collect(),
+            eta,
+        };
+        // Every stage's scheduler is built once here, so a bad combination (η without DDIM, a
+        // step count a solver cannot space) fails before any model runs.
+        let mut uses_ddim = false;
+        if settings.ran_prior {
+            let sampling = settings.prior_sampling();
+            sampling.build("prior steps", self.prior.scheduler_config())?;
+            uses_ddim |= settings.prior_scheduler == SchedulerKind::Ddim;
+        }
+        settings
+            .decoder_sampling()
+            .build("decoder steps", self.decoder.scheduler_config())?;
+        uses_ddim |= settings.decoder_scheduler == SchedulerKind::Ddim;
+        for (i, upsampler) in self.upsamplers.iter().enumerate() {
+            settings
+                .super_res_sampling(i)
+                .build("super-resolution steps", upsampler.scheduler_config())?;
+            uses_ddim |= settings.super_res_scheduler[i] == SchedulerKind::Ddim;
+        }
+        if eta != 0.0 && !uses_ddim {
+            return Err(Error::invalid(
+                "eta",
+                format!(
+                    "{eta} given, but no stage runs DDIM: choose ddim for a stage \
+                     (e.g. --decoder-scheduler ddim)"
+                ),
+            ));
+        }
+        Ok(settings)
     }
 
     /// The text conditioning of a request: each prompt's CLIP text encoding repeated once per
@@ -329,6 +449,13 @@ impl Pipeline {
         Ok((tokens, text))
     }
 
+    /// The text conditioning (with the CFG half when the request's scales call for it) of a
+    /// request, checked as [`Pipeline::generate`] checks it.
+    pub fn conditioning(&self, request: &TextToImage) -> Result<Conditioning> {
+        let settings = self.resolve(request)?;
+        Ok(self.condition(request, &settings)?.1)
+    }
+
     /// The CLIP image embeddings the prior predicts for `request.prompts` (stage 2 alone), one
     /// row per prompt and image. Draws the same noise, in the same order, as [`Pipeline::generate`]
     /// does before its decoder, so the rows equal `generate(request).image_embeddings` for the
@@ -346,13 +473,7 @@ impl Pipeline {
         crate::stages::report(observer, Stage::Text, 1, 1)?;
         Ok(self
             .prior
-            .sample(
-                &text,
-                settings.prior_steps,
-                settings.prior_guidance_scale,
-                noise,
-                observer,
-            )?
+            .sample(&text, &settings.prior_sampling(), noise, observer)?
             .image_embeddings)
     }
 
@@ -405,13 +526,9 @@ impl Pipeline {
             }
             None => {
                 clock = StageClock::start("prior", &[self.prior.model()]);
-                let out = self.prior.sample(
-                    &text,
-                    settings.prior_steps,
-                    settings.prior_guidance_scale,
-                    &mut tap,
-                    observer,
-                )?;
+                let out =
+                    self.prior
+                        .sample(&text, &settings.prior_sampling(), &mut tap, observer)?;
                 keep("prior_latents", Tensor::F32(out.latents.into_dyn()));
                 timings.push(clock.stop());
                 out.image_embeddings
@@ -424,11 +541,17 @@ impl Pipeline {
 
         // 3. decoder
         clock = StageClock::start("decoder", &self.decoder.models());
+        let initial = request.decoder_latents.as_ref().map(|given| {
+            let rows: Vec<usize> = (0..image_embeddings.nrows())
+                .map(|i| if given.shape()[0] == 1 { 0 } else { i })
+                .collect();
+            given.select(Axis(0), &rows)
+        });
         let decoded = self.decoder.sample(
             image_embeddings.view(),
             &text,
-            settings.decoder_steps,
-            settings.decoder_guidance_scale,
+            &settings.decoder_sampling(),
+            initial.as_ref().map(|a| a.view()),
             &mut tap,
             observer,
         )?;
@@ -457,7 +580,7 @@ impl Pipeline {
             let out = upsampler.sample(
                 i,
                 images.view(),
-                settings.super_res_steps[i],
+                &settings.super_res_sampling(i),
                 &mut tap,
                 observer,
             )?;

@@ -197,3 +197,65 @@ fn stage_refers_to_an_undefined_model() {
         "{err}"
     );
 }
+
+/// `--verify cached`: a verified file is trusted while its size, mtime and inode are unchanged;
+/// a file modified in place is re-hashed and refused; `always` re-hashes everything.
+#[test]
+fn verified_cache_skips_unchanged_files_and_catches_changed_ones() {
+    use unclip::verify::{Verification, Verify};
+    let (tmp, dir) = copy_bundle();
+    let cached = Verification {
+        mode: Verify::Cached,
+        cache_file: Some(tmp.path().join("cache/verified.json")),
+    };
+    Bundle::open_with(&dir, &cached).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("cache/verified.json")).unwrap())
+            .unwrap();
+    let bundle = Bundle::open(&dir).unwrap();
+    assert_eq!(
+        record["files"].as_object().unwrap().len(),
+        bundle.files().len(),
+        "one entry per file"
+    );
+
+    // Same size, same mtime, same inode, different bytes: only `always` can tell.
+    let path = dir.join("prior.onnx");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        file.write_all(&bytes).unwrap();
+        file.set_modified(modified).unwrap();
+    }
+    Bundle::open_with(&dir, &cached).expect("identity unchanged: trusted from the cache");
+    let err = Bundle::open_with(&dir, &Verification::new(Verify::Always)).unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    // `never` checks existence only.
+    Bundle::open_with(&dir, &Verification::new(Verify::Never)).unwrap();
+
+    // An ordinary change moves the mtime: the cache re-hashes and refuses it.
+    std::fs::write(&path, &bytes).unwrap();
+    let later = modified + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let err = Bundle::open_with(&dir, &cached).unwrap_err();
+    assert!(
+        matches!(&err, Error::ChecksumMismatch { path, .. } if path.ends_with("prior.onnx")),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("decoder.onnx")).unwrap();
+    assert!(matches!(
+        Bundle::open_with(&dir, &Verification::new(Verify::Never)).unwrap_err(),
+        Error::BundleFileMissing { .. }
+    ));
+    assert!("sometimes".parse::<Verify>().is_err());
+}

@@ -43,6 +43,20 @@ impl<T: NoiseSource + ?Sized> NoiseSource for Box<T> {
     }
 }
 
+/// A source for deterministic runs (DDIM inversion): any draw is an error, so a run that was
+/// meant to be noiseless cannot silently become random.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoNoise;
+
+impl NoiseSource for NoNoise {
+    fn randn(&mut self, shape: &[usize]) -> Result<ArrayD<f32>> {
+        Err(Error::invalid(
+            "noise",
+            format!("a deterministic run asked for noise of shape {shape:?}"),
+        ))
+    }
+}
+
 /// Which generator `--rng` selects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RngKind {

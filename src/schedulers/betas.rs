@@ -7,8 +7,12 @@
 //!   ᾱ(t) in Python floats (f64) and only then rounds the list to a float32 tensor;
 //! - `linear` and `scaled_linear`: `torch.linspace(..., dtype=torch.float32)` (`DDPMScheduler`,
 //!   `DDIMScheduler`, `DPMSolverMultistepScheduler` `__init__`), i.e. float32 arithmetic.
+//!
+//! It also holds the two numpy ranges (`np.linspace`, `np.arange` with a float step) that the
+//! schedulers' `set_timesteps` round into timesteps, reproduced to the last bit for the same
+//! reason: a timestep one off is a different noise level.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -17,7 +21,7 @@ use crate::{Error, Result};
 pub const MAX_BETA: f64 = 0.999;
 
 /// The `beta_schedule` values of diffusers' scheduler configs that unclip knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum BetaSchedule {
     /// `torch.linspace(beta_start, beta_end, T)` (DDPM, Ho et al. 2020).
     #[serde(rename = "linear")]
@@ -143,6 +147,44 @@ pub fn betas(
     })
 }
 
+/// `self.alphas_cumprod` of `DDIMScheduler`, `DDIMInverseScheduler` and
+/// `DPMSolverMultistepScheduler.__init__`: `torch.cumprod(1.0 - betas, dim=0)` in float32.
+pub fn alphas_cumprod(
+    schedule: BetaSchedule,
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+) -> Result<Vec<f32>> {
+    let alphas: Vec<f32> = betas(schedule, num_train_timesteps, beta_start, beta_end)?
+        .into_iter()
+        .map(|beta| 1.0 - beta)
+        .collect();
+    Ok(cumprod_f32(&alphas))
+}
+
+/// Rejects the beta options of diffusers' `__init__` that unclip does not implement: explicit
+/// `trained_betas` and `rescale_betas_zero_snr` (Lin et al. 2023, Algorithm 1). Karlo uses
+/// neither; both are typed errors rather than silently different betas.
+pub(crate) fn check_supported_options(
+    class: &str,
+    trained_betas: &Option<Vec<f64>>,
+    rescale_betas_zero_snr: bool,
+) -> Result<()> {
+    if trained_betas.is_some() {
+        return Err(Error::invalid(
+            "trained_betas",
+            format!("{class}: explicit trained_betas are not supported; use beta_schedule"),
+        ));
+    }
+    if rescale_betas_zero_snr {
+        return Err(Error::invalid(
+            "rescale_betas_zero_snr",
+            format!("{class}: zero-terminal-SNR rescaling is not supported; set it to false"),
+        ));
+    }
+    Ok(())
+}
+
 /// `torch.cumprod(alphas, dim=0)` for a float32 tensor on the CPU.
 ///
 /// ATen's CPU `cumprod` accumulates in `acc_type<float>` = f64 and rounds each partial product to
@@ -155,6 +197,49 @@ pub fn cumprod_f32(values: &[f32]) -> Vec<f32> {
         .map(|&value| {
             product *= f64::from(value);
             product as f32
+        })
+        .collect()
+}
+
+/// `np.linspace(start, stop, num)` (float64, `endpoint=True`), bit for bit.
+///
+/// numpy's `linspace` (`numpy/_core/function_base.py`) computes `step = (stop − start)/(num − 1)`,
+/// then `arange(num) * step + start`, and finally overwrites the last entry with `stop`; `num = 1`
+/// gives `[start]`.
+pub fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    match num {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (stop - start) / (num - 1) as f64;
+            let mut values: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+            values[num - 1] = stop;
+            values
+        }
+    }
+}
+
+/// `np.arange(start, stop, step)` with a float step (float64), bit for bit, including its length.
+///
+/// numpy (`PyArray_ArangeObj`, `numpy/_core/src/multiarray/ctors.c`) takes
+/// `ceil((stop − start)/step)` elements, stores `start` and `start + step`, and fills the rest with
+/// `start + i·delta` where `delta = (start + step) − start` (`DOUBLE_fill`). The ceiling is why a
+/// step like 1000/61 yields one element more than 1000/step suggests: the quotient rounds to a
+/// hair above 61, and the extra element even lies past `stop` (−5.7e-13), because `delta` is not
+/// `step` (see [`crate::schedulers::TimestepSpacing::Trailing`]).
+pub fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let length = ((stop - start) / step).ceil();
+    if !(length.is_finite() && length > 0.0) {
+        return Vec::new();
+    }
+    let length = length as usize;
+    let second = start + step;
+    let delta = second - start;
+    (0..length)
+        .map(|i| match i {
+            0 => start,
+            1 => second,
+            _ => start + i as f64 * delta,
         })
         .collect()
 }
@@ -179,5 +264,17 @@ mod tests {
         assert_eq!(v[999], 0.02f32);
         assert_eq!(linspace_f32(3.0, 4.0, 1), vec![3.0]);
         assert!(linspace_f32(3.0, 4.0, 0).is_empty());
+    }
+
+    #[test]
+    fn numpy_arange_overshoots_like_numpy() {
+        // np.arange(1000, 0, -1000/61) has 62 elements, the last −5.7e-13 (past the stop)
+        let values = numpy_arange(1000.0, 0.0, -1000.0 / 61.0);
+        assert_eq!(values.len(), 62);
+        assert_eq!(values[61], -5.684341886080801e-13);
+        assert_eq!(numpy_arange(1000.0, 0.0, -1000.0 / 7.0).len(), 7);
+        assert!(numpy_arange(0.0, 1.0, -1.0).is_empty());
+        assert_eq!(numpy_linspace(0.0, 999.0, 1), vec![0.0]);
+        assert_eq!(numpy_linspace(0.0, 999.0, 4)[3], 999.0);
     }
 }

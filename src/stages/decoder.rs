@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use ndarray::{concatenate, s, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{concatenate, s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis};
 
-use super::{check_steps, report, timestep_batch, Conditioning, ModelCache, Observer, Stage};
+use super::{report, timestep_batch, Conditioning, ModelCache, Observer, Sampling, Stage};
 use crate::bundle::Bundle;
 use crate::guidance;
 use crate::noise::NoiseSource;
 use crate::runtime::{Input, Model};
-use crate::schedulers::scheduler_from_config;
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::text::into_dim;
 use crate::{Error, Result};
 
@@ -32,7 +32,7 @@ pub struct Decoder {
     model: Arc<Model>,
     text_proj: Arc<Model>,
     text_proj_cfg: Arc<Model>,
-    scheduler: serde_json::Value,
+    scheduler: SchedulerConfig,
     sample_size: usize,
     in_channels: usize,
     extra_tokens: usize,
@@ -41,13 +41,18 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// The scheduler config the bundle names for this stage.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
     pub(crate) fn load(models: &mut ModelCache<'_>, bundle: &Bundle) -> Result<Self> {
         let entry = &bundle.manifest.decoder;
         Ok(Decoder {
             model: models.get(&entry.model)?,
             text_proj: models.get(&entry.text_proj)?,
             text_proj_cfg: models.get(&entry.text_proj_cfg)?,
-            scheduler: entry.scheduler.clone(),
+            scheduler: super::parse_scheduler(bundle, "decoder", &entry.scheduler)?,
             sample_size: entry.sample_size,
             in_channels: entry.in_channels,
             extra_tokens: entry.clip_extra_context_tokens,
@@ -68,18 +73,154 @@ impl Decoder {
 
     /// Decodes one image per row of `image_embeddings` `(batch, D)`. Under CFG the
     /// unconditional image embedding is text_proj's learned null embedding. Draws the
-    /// `(batch, 3, 64, 64)` latents, then one noise tensor per step with t > 0.
+    /// `(batch, 3, 64, 64)` latents (unless `initial_latents` gives them: a DDIM-inverted `x_T`),
+    /// then the scheduler's noise per step.
     pub fn sample(
         &self,
         image_embeddings: ArrayView2<'_, f32>,
         text: &Conditioning,
-        steps: usize,
-        guidance_scale: f32,
+        sampling: &Sampling,
+        initial_latents: Option<ArrayView4<'_, f32>>,
         noise: &mut dyn NoiseSource,
         observer: &mut Observer<'_>,
     ) -> Result<DecoderOutput> {
-        check_steps("decoder steps", steps)?;
-        let _span = tracing::info_span!("decoder", steps, guidance_scale).entered();
+        let _span = tracing::info_span!(
+            "decoder",
+            steps = sampling.steps,
+            guidance_scale = sampling.guidance_scale
+        )
+        .entered();
+        let mut scheduler = sampling.build("decoder steps", &self.scheduler)?;
+        let (hidden_states, additive, mask) = self.project(image_embeddings, text)?;
+        let batch = text.batch();
+        let shape = [batch, self.in_channels, self.sample_size, self.sample_size];
+        let mut latents: Array4<f32> = match initial_latents {
+            Some(given) => {
+                if given.shape() != shape {
+                    return Err(Error::Shape {
+                        what: "initial decoder latents".into(),
+                        expected: format!("{shape:?}"),
+                        found: given.shape().to_vec(),
+                    });
+                }
+                if given.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::NonFinite {
+                        what: "initial decoder latents".into(),
+                    });
+                }
+                given.to_owned()
+            }
+            None => {
+                let mut drawn: Array4<f32> =
+                    into_dim(Some(noise.randn(&shape)?), "decoder latents")?;
+                let sigma = scheduler.init_noise_sigma();
+                if sigma != 1.0 {
+                    drawn.mapv_inplace(|x| x * sigma);
+                }
+                drawn
+            }
+        };
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let prediction = self.predict(
+                &latents,
+                t,
+                text.cfg,
+                sampling.guidance_scale,
+                &hidden_states,
+                &additive,
+                &mask,
+            )?;
+            latents = into_dim(
+                Some(scheduler.step(
+                    i,
+                    prediction.view().into_dyn(),
+                    latents.view().into_dyn(),
+                    noise,
+                )?),
+                "decoder latents",
+            )?;
+            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
+        }
+        latents.mapv_inplace(|x| x.clamp(-1.0, 1.0));
+        debug_assert_eq!(
+            latents.slice(s![.., .., 0, 0]).len(),
+            batch * self.in_channels
+        );
+        Ok(DecoderOutput {
+            hidden_states,
+            additive_clip_time_embeddings: additive,
+            mask,
+            images: latents,
+        })
+    }
+
+    /// DDIM inversion (DALL·E 2 §3.1; diffusers `DDIMInverseScheduler`): runs the decoder
+    /// backwards from clean 64×64 images `x0` `(batch, 3, 64, 64)` in [−1, 1] to the latents
+    /// `x_T` that a deterministic DDIM decode (η = 0, same steps and spacing) maps back to them.
+    /// `text` conditions as in [`Decoder::sample`]; inversion is usually run without CFG (scale
+    /// 1), where DDIM's ODE is the model's own.
+    pub fn invert(
+        &self,
+        x0: ArrayView4<'_, f32>,
+        image_embeddings: ArrayView2<'_, f32>,
+        text: &Conditioning,
+        sampling: &Sampling,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array4<f32>> {
+        let _span = tracing::info_span!("decoder inversion", steps = sampling.steps).entered();
+        let inverse = Sampling {
+            scheduler: Some(SchedulerKind::DdimInverse),
+            eta: 0.0,
+            ..*sampling
+        };
+        let mut scheduler = inverse.build("inversion steps", &self.scheduler)?;
+        let shape = [
+            text.batch(),
+            self.in_channels,
+            self.sample_size,
+            self.sample_size,
+        ];
+        if x0.shape() != shape {
+            return Err(Error::Shape {
+                what: "images to invert".into(),
+                expected: format!("{shape:?}"),
+                found: x0.shape().to_vec(),
+            });
+        }
+        let (hidden_states, additive, mask) = self.project(image_embeddings, text)?;
+        let mut latents = x0.to_owned();
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let prediction = self.predict(
+                &latents,
+                t,
+                text.cfg,
+                sampling.guidance_scale,
+                &hidden_states,
+                &additive,
+                &mask,
+            )?;
+            latents = into_dim(
+                Some(scheduler.step(
+                    i,
+                    prediction.view().into_dyn(),
+                    latents.view().into_dyn(),
+                    &mut crate::noise::NoNoise,
+                )?),
+                "inverted latents",
+            )?;
+            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
+        }
+        Ok(latents)
+    }
+
+    /// text_proj: the context tokens, additive time embeddings and padded mask.
+    fn project(
+        &self,
+        image_embeddings: ArrayView2<'_, f32>,
+        text: &Conditioning,
+    ) -> Result<(Array3<f32>, Array2<f32>, Array2<i64>)> {
         let batch = text.batch();
         if image_embeddings.nrows() != batch {
             return Err(Error::Shape {
@@ -114,56 +255,40 @@ impl Decoder {
             ],
         )
         .map_err(|_| Error::invalid("text mask", "cannot pad the text mask"))?;
+        Ok((hidden_states, additive, mask))
+    }
 
-        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
-        let shape = [batch, self.in_channels, self.sample_size, self.sample_size];
-        let mut latents: Array4<f32> = into_dim(Some(noise.randn(&shape)?), "decoder latents")?;
-        let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let input = if text.cfg {
-                guidance::cfg_batch(latents.view(), latents.view())?
-            } else {
-                latents.clone()
-            };
-            let timestep = timestep_batch(t, rows);
-            let mut out = self.model.run(&[
-                Input::F32(input.view().into_dyn()),
-                Input::I64(timestep.view().into_dyn()),
-                Input::F32(hidden_states.view().into_dyn()),
-                Input::F32(additive.view().into_dyn()),
-                Input::I64(mask.view().into_dyn()),
-            ])?;
-            let prediction: Array4<f32> = into_dim(out.pop(), "decoder prediction")?;
-            let prediction = if text.cfg {
-                guidance::guide_learned_variance(
-                    prediction.view(),
-                    self.in_channels,
-                    guidance_scale,
-                )?
-            } else {
-                prediction
-            };
-            latents = into_dim(
-                Some(scheduler.step(
-                    i,
-                    prediction.view().into_dyn(),
-                    latents.view().into_dyn(),
-                    noise,
-                )?),
-                "decoder latents",
-            )?;
-            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
+    /// One UNet evaluation at timestep `t`, guided (diffusers: the variance channels of the
+    /// conditional half are kept, `UnCLIPPipeline.__call__`).
+    #[allow(clippy::too_many_arguments)]
+    fn predict(
+        &self,
+        latents: &Array4<f32>,
+        t: i64,
+        cfg: bool,
+        guidance_scale: f32,
+        hidden_states: &Array3<f32>,
+        additive: &Array2<f32>,
+        mask: &Array2<i64>,
+    ) -> Result<Array4<f32>> {
+        let input = if cfg {
+            guidance::cfg_batch(latents.view(), latents.view())?
+        } else {
+            latents.clone()
+        };
+        let timestep = timestep_batch(t, input.shape()[0]);
+        let mut out = self.model.run(&[
+            Input::F32(input.view().into_dyn()),
+            Input::I64(timestep.view().into_dyn()),
+            Input::F32(hidden_states.view().into_dyn()),
+            Input::F32(additive.view().into_dyn()),
+            Input::I64(mask.view().into_dyn()),
+        ])?;
+        let prediction: Array4<f32> = into_dim(out.pop(), "decoder prediction")?;
+        if cfg {
+            guidance::guide_learned_variance(prediction.view(), self.in_channels, guidance_scale)
+        } else {
+            Ok(prediction)
         }
-        latents.mapv_inplace(|x| x.clamp(-1.0, 1.0));
-        debug_assert_eq!(
-            latents.slice(s![.., .., 0, 0]).len(),
-            batch * self.in_channels
-        );
-        Ok(DecoderOutput {
-            hidden_states,
-            additive_clip_time_embeddings: additive,
-            mask,
-            images: latents,
-        })
     }
 }

@@ -15,6 +15,7 @@ use ndarray::{Array1, Array2, Array3};
 
 use crate::bundle::Bundle;
 use crate::runtime::{Model, Runtime};
+use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 
 pub use decoder::{Decoder, DecoderOutput};
@@ -129,6 +130,72 @@ impl<'a> ModelCache<'a> {
 /// A timestep fed to a model: one entry per batch row (the exported graphs take `(batch,)`).
 pub(crate) fn timestep_batch(t: i64, rows: usize) -> Array1<i64> {
     Array1::from_elem(rows, t)
+}
+
+/// How one stage samples: step count, guidance, and the scheduler (the bundle's own, or another
+/// kind converted from it with [`SchedulerConfig::to_kind`]) with DDIM's η.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    pub steps: usize,
+    /// Classifier-free guidance scale (unused by the upsamplers).
+    pub guidance_scale: f32,
+    /// `None` runs the scheduler the bundle names for the stage.
+    pub scheduler: Option<SchedulerKind>,
+    /// DDIM's η; must be 0 unless the scheduler is DDIM.
+    pub eta: f32,
+}
+
+impl Sampling {
+    pub fn new(steps: usize, guidance_scale: f32) -> Self {
+        Sampling {
+            steps,
+            guidance_scale,
+            scheduler: None,
+            eta: 0.0,
+        }
+    }
+
+    /// The scheduler kind this stage runs, given the bundle's config.
+    pub fn kind(&self, bundle_config: &SchedulerConfig) -> SchedulerKind {
+        self.scheduler.unwrap_or_else(|| bundle_config.kind())
+    }
+
+    /// The scheduler config this stage runs: the bundle's, converted to the chosen kind. The
+    /// training noise schedule is the model's, whatever the target class defaults to, so the
+    /// beta schedule and training length are carried over even where diffusers' `from_config`
+    /// would drop them.
+    pub fn config(
+        &self,
+        name: &'static str,
+        bundle_config: &SchedulerConfig,
+    ) -> Result<SchedulerConfig> {
+        check_steps(name, self.steps)?;
+        let config = match self.scheduler {
+            None => bundle_config.clone(),
+            Some(kind) => bundle_config.to_kind(kind)?,
+        };
+        config.with_eta(self.eta)
+    }
+
+    pub(crate) fn build(
+        &self,
+        name: &'static str,
+        bundle_config: &SchedulerConfig,
+    ) -> Result<Box<dyn Scheduler>> {
+        self.config(name, bundle_config)?.build(self.steps)
+    }
+}
+
+/// Parses a stage's scheduler config from the bundle at load time.
+pub(crate) fn parse_scheduler(
+    bundle: &Bundle,
+    stage: &str,
+    json: &serde_json::Value,
+) -> Result<SchedulerConfig> {
+    SchedulerConfig::from_json(json).map_err(|e| Error::BundleInvalid {
+        path: bundle.dir.join("bundle.json"),
+        reason: format!("{stage} scheduler: {e}"),
+    })
 }
 
 /// Steps must be at least 1; the scheduler rejects what it cannot do.

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Axis};
 
-use super::{check_steps, report, timestep_batch, Conditioning, ModelCache, Observer, Stage};
+use super::{report, timestep_batch, Conditioning, ModelCache, Observer, Sampling, Stage};
 use crate::bundle::Bundle;
 use crate::guidance;
 use crate::noise::NoiseSource;
 use crate::runtime::{Input, Model};
-use crate::schedulers::scheduler_from_config;
+use crate::schedulers::SchedulerConfig;
 use crate::text::into_dim;
 use crate::Result;
 
@@ -26,7 +26,7 @@ pub struct PriorOutput {
 /// The prior model with its scheduler config and CLIP statistics.
 pub struct Prior {
     model: Arc<Model>,
-    scheduler: serde_json::Value,
+    scheduler: SchedulerConfig,
     clip_mean: Array1<f32>,
     clip_std: Array1<f32>,
     /// Karlo's defaults unless the bundle says otherwise.
@@ -35,11 +35,16 @@ pub struct Prior {
 }
 
 impl Prior {
+    /// The scheduler config the bundle names for this stage.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
     pub(crate) fn load(models: &mut ModelCache<'_>, bundle: &Bundle) -> Result<Self> {
         let entry = &bundle.manifest.prior;
         Ok(Prior {
             model: models.get(&entry.model)?,
-            scheduler: entry.scheduler.clone(),
+            scheduler: super::parse_scheduler(bundle, "prior", &entry.scheduler)?,
             clip_mean: Array1::from(entry.clip_mean.clone()),
             clip_std: Array1::from(entry.clip_std.clone()),
             default_steps: entry.default_steps,
@@ -62,21 +67,24 @@ impl Prior {
     pub fn sample(
         &self,
         text: &Conditioning,
-        steps: usize,
-        guidance_scale: f32,
+        sampling: &Sampling,
         noise: &mut dyn NoiseSource,
         observer: &mut Observer<'_>,
     ) -> Result<PriorOutput> {
-        check_steps("prior steps", steps)?;
+        let (steps, guidance_scale) = (sampling.steps, sampling.guidance_scale);
         let _span = tracing::info_span!("prior", steps, guidance_scale).entered();
-        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let mut scheduler = sampling.build("prior steps", &self.scheduler)?;
         let batch = text.batch();
         let rows = text.embeds.nrows();
-        // UnCLIPScheduler's init_noise_sigma is 1: the latents are the noise itself.
+        // `prepare_latents`: noise × init_noise_sigma (1 for every scheduler unclip has).
         let mut latents: Array2<f32> = into_dim(
             Some(noise.randn(&[batch, self.embedding_dim()])?),
             "prior latents",
         )?;
+        let sigma = scheduler.init_noise_sigma();
+        if sigma != 1.0 {
+            latents.mapv_inplace(|x| x * sigma);
+        }
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if text.cfg {

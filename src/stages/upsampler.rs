@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use ndarray::{concatenate, Array4, ArrayView4, Axis};
 
-use super::{check_steps, report, timestep_batch, ModelCache, Observer, Stage};
+use super::{report, timestep_batch, ModelCache, Observer, Sampling, Stage};
 use crate::bundle::{Bundle, UpsamplerEntry};
 use crate::image_io::resize_bicubic_antialias;
 use crate::noise::NoiseSource;
 use crate::runtime::{Input, Model};
-use crate::schedulers::scheduler_from_config;
+use crate::schedulers::SchedulerConfig;
 use crate::text::into_dim;
 use crate::{Error, Result};
 
@@ -31,23 +31,28 @@ pub struct Upsampler {
     pub name: String,
     first: Arc<Model>,
     last: Arc<Model>,
-    scheduler: serde_json::Value,
+    scheduler: SchedulerConfig,
     sample_size: usize,
     channels: usize,
     pub default_steps: usize,
 }
 
 impl Upsampler {
+    /// The scheduler config the bundle names for this stage.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
     pub(crate) fn load(
         models: &mut ModelCache<'_>,
         entry: &UpsamplerEntry,
-        _bundle: &Bundle,
+        bundle: &Bundle,
     ) -> Result<Self> {
         Ok(Upsampler {
             name: entry.name.clone(),
             first: models.get(&entry.first)?,
             last: models.get(&entry.last)?,
-            scheduler: entry.scheduler.clone(),
+            scheduler: super::parse_scheduler(bundle, &entry.name, &entry.scheduler)?,
             sample_size: entry.sample_size,
             channels: entry.in_channels,
             default_steps: entry.default_steps,
@@ -70,11 +75,11 @@ impl Upsampler {
         &self,
         index: usize,
         low_res: ArrayView4<'_, f32>,
-        steps: usize,
+        sampling: &Sampling,
         noise: &mut dyn NoiseSource,
         observer: &mut Observer<'_>,
     ) -> Result<UpsamplerOutput> {
-        check_steps("super-resolution steps", steps)?;
+        let steps = sampling.steps;
         let _span = tracing::info_span!("upsampler", name = %self.name, steps).entered();
         let batch = low_res.shape()[0];
         if low_res.shape()[1] != self.channels {
@@ -84,12 +89,16 @@ impl Upsampler {
                 found: low_res.shape().to_vec(),
             });
         }
-        let mut scheduler = scheduler_from_config(&self.scheduler, steps)?;
+        let mut scheduler = sampling.build("super-resolution steps", &self.scheduler)?;
         let size = self.sample_size;
         let mut latents: Array4<f32> = into_dim(
             Some(noise.randn(&[batch, self.channels, size, size])?),
             "super-res latents",
         )?;
+        let sigma = scheduler.init_noise_sigma();
+        if sigma != 1.0 {
+            latents.mapv_inplace(|x| x * sigma);
+        }
         let upsampled = resize_bicubic_antialias(low_res, size, size);
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {

@@ -10,6 +10,7 @@ use serde_json::json;
 use unclip::explore::{Endpoint, Exploration, ExploreSettings};
 use unclip::latent::Pca;
 use unclip::pipeline::TextToImage;
+use unclip::schedulers::SchedulerKind;
 use unclip::sheet::{contact_sheet, save_gif, SheetLayout};
 use unclip::vision::{load_image, ImageLimits};
 use unclip::{npy, Pipeline, RngKind};
@@ -38,6 +39,18 @@ pub struct ExploreArgs {
     pub sr_steps: Vec<usize>,
     #[arg(long)]
     pub negative_prompt: Option<String>,
+    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    pub prior_scheduler: Option<SchedulerKind>,
+    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    pub decoder_scheduler: Option<SchedulerKind>,
+    /// Super-resolution scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    pub sr_scheduler: Option<SchedulerKind>,
+    /// DDIM's η for the stages that run ddim.
+    #[arg(long)]
+    pub eta: Option<f32>,
     /// The caption the decoder sees in every frame (default: none, as image variations).
     #[arg(long, default_value = "")]
     pub decoder_prompt: String,
@@ -192,6 +205,10 @@ fn settings(
         prior_guidance_scale,
         decoder_guidance_scale,
         negative_prompt: common.negative_prompt.clone(),
+        prior_scheduler: common.prior_scheduler,
+        decoder_scheduler: common.decoder_scheduler,
+        super_res_scheduler: common.sr_scheduler,
+        eta: common.eta,
         ..Default::default()
     };
     settings.decoder_prompt = common.decoder_prompt.clone();

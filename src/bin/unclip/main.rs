@@ -14,6 +14,7 @@ use serde_json::json;
 use unclip::bundle::{Bundle, Dim};
 use unclip::pipeline::{Generation, TextToImage};
 use unclip::runtime::TensorRtOptions;
+use unclip::schedulers::SchedulerKind;
 use unclip::stages::{Progress, Stage};
 use unclip::{noise, npy, Device, Pipeline, RngKind, Runtime};
 
@@ -69,6 +70,10 @@ struct RuntimeArgs {
     /// Path of libonnxruntime (default: ORT_DYLIB_PATH, then the usual places; see README).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// Re-hash model files at load: always, cached (only files changed since their last
+    /// verification) or never.
+    #[arg(long, default_value = "cached")]
+    verify: unclip::verify::Verify,
     /// TensorRT: build fp16 engines.
     #[arg(long)]
     trt_fp16: bool,
@@ -110,6 +115,18 @@ struct SamplingArgs {
     /// Use these CLIP image embeddings (.npy, (D,) or (N, D)) instead of running the prior.
     #[arg(long)]
     image_embedding: Option<PathBuf>,
+    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    prior_scheduler: Option<SchedulerKind>,
+    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    decoder_scheduler: Option<SchedulerKind>,
+    /// Super-resolution scheduler (every upsampler): unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    sr_scheduler: Option<SchedulerKind>,
+    /// DDIM's η for the stages that run ddim (0 = deterministic, 1 = DDPM-like).
+    #[arg(long)]
+    eta: Option<f32>,
 }
 
 #[derive(Args)]
@@ -155,6 +172,19 @@ struct VaryArgs {
     sr_steps: Vec<usize>,
     #[arg(long)]
     decoder_guidance_scale: Option<f32>,
+    /// Paper-faithful variations (DALL·E 2 §3.1): DDIM-invert each image through the decoder,
+    /// then decode with DDIM at --eta (0 reconstructs the source; prints the error).
+    #[arg(long)]
+    invert: bool,
+    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++ (--invert implies ddim).
+    #[arg(long)]
+    decoder_scheduler: Option<SchedulerKind>,
+    /// Super-resolution scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    sr_scheduler: Option<SchedulerKind>,
+    /// DDIM's η for the stages that run ddim.
+    #[arg(long)]
+    eta: Option<f32>,
     /// Output PNG; several images become OUT_0.png, OUT_1.png, ….
     #[arg(long, short, default_value = "variation.png")]
     out: PathBuf,
@@ -243,7 +273,10 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
 fn load(args: &RuntimeArgs) -> Result<Pipeline> {
     let model = args.model.clone().unwrap_or_else(default_model);
     let runtime = runtime(args)?;
-    Pipeline::load(&runtime, &model).with_context(|| format!("loading bundle {}", model.display()))
+    let verification = unclip::verify::Verification::new(args.verify);
+    Bundle::open_with(&model, &verification)
+        .and_then(|bundle| Pipeline::from_bundle(&runtime, bundle))
+        .with_context(|| format!("loading bundle {}", model.display()))
 }
 
 fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
@@ -267,6 +300,11 @@ fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
         decoder_guidance_scale: args.decoder_guidance_scale,
         image_embeddings,
         record_intermediates: record,
+        prior_scheduler: args.prior_scheduler,
+        decoder_scheduler: args.decoder_scheduler,
+        super_res_scheduler: args.sr_scheduler,
+        eta: args.eta,
+        decoder_latents: None,
     })
 }
 
@@ -363,6 +401,16 @@ fn base_metadata(
         ("image_index".into(), index.to_string()),
         ("decoder_steps".into(), s.decoder_steps.to_string()),
         ("super_res_steps".into(), super_res.join(",")),
+        ("decoder_scheduler".into(), s.decoder_scheduler.to_string()),
+        (
+            "super_res_scheduler".into(),
+            s.super_res_scheduler
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("eta".into(), s.eta.to_string()),
         (
             "decoder_guidance_scale".into(),
             s.decoder_guidance_scale.to_string(),
@@ -400,6 +448,7 @@ fn metadata(
             serde_json::to_string(&prompts).unwrap_or_default(),
         ),
         ("prior_steps".into(), s.prior_steps.to_string()),
+        ("prior_scheduler".into(), s.prior_scheduler.to_string()),
         (
             "prior_guidance_scale".into(),
             s.prior_guidance_scale.to_string(),
@@ -461,12 +510,23 @@ fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
         super_res_steps: args.sr_steps.clone(),
         decoder_guidance_scale: args.decoder_guidance_scale,
         record_intermediates: args.dump.is_some(),
+        decoder_scheduler: args.decoder_scheduler,
+        super_res_scheduler: args.sr_scheduler,
+        eta: args.eta,
         ..Default::default()
     };
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut noise = noise::noise_source(args.rng, seed);
     let mut bars = Bars::new(quiet);
-    let generation = pipeline.vary(&images, &request, noise.as_mut(), &mut |p| bars.update(p))?;
+    let (generation, inversion) = if args.invert {
+        let (generation, inversion) =
+            pipeline.vary_inverted(&images, &request, noise.as_mut(), &mut |p| bars.update(p))?;
+        (generation, Some(inversion))
+    } else {
+        let generation =
+            pipeline.vary(&images, &request, noise.as_mut(), &mut |p| bars.update(p))?;
+        (generation, None)
+    };
     bars.finish();
     let paths = output_paths(&args.out, generation.images.len());
     let s = &generation.settings;
@@ -474,10 +534,50 @@ fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
         let source = &args.images[i / s.num_images_per_prompt.max(1)];
         let mut meta = vec![("source_image".to_string(), source.display().to_string())];
         meta.extend(base_metadata(&pipeline, seed, args.rng, &generation, i));
+        if let Some(inversion) = &inversion {
+            meta.push(("ddim_inversion".into(), "true".into()));
+            meta.push((
+                "source_mean_abs_error".into(),
+                inversion.mean_abs_error[i].to_string(),
+            ));
+        }
         unclip::image_io::save_png(path, image, &meta)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     write_dump(args.dump.as_deref(), &generation)?;
+    if let Some(inversion) = &inversion {
+        if let Some(dir) = &args.dump {
+            npy::write(
+                &dir.join("inverted_latents.npy"),
+                &unclip::pipeline::Tensor::F32(inversion.latents.clone().into_dyn()),
+            )?;
+        }
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "seed": seed,
+                    "eta": generation.settings.eta,
+                    "mean_abs_error": inversion.mean_abs_error,
+                    "psnr_db": inversion.psnr,
+                })
+            );
+            return Ok(());
+        }
+        if !quiet {
+            for (path, (mae, psnr)) in paths
+                .iter()
+                .zip(inversion.mean_abs_error.iter().zip(&inversion.psnr))
+            {
+                eprintln!(
+                    "{}: 64×64 decoder output vs source: mean |Δ| {mae:.4} (of 2), PSNR {psnr:.2} dB (η {})",
+                    path.display(),
+                    generation.settings.eta
+                );
+            }
+        }
+    }
     report(&paths, seed, args.rng, &generation, args.json, quiet);
     Ok(())
 }
