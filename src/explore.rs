@@ -49,6 +49,10 @@ pub struct ExploreSettings {
     pub seed: u64,
     /// Frames decoded per batch (results do not depend on it, see the module docs).
     pub batch: usize,
+    /// Decode every frame from these latents `(1, 3, 64, 64)` instead of noise — the source's
+    /// DDIM-inverted `x_T` ([`Pipeline::invert_images`]) for text diffs and PCA probes of an
+    /// image (DESIGN §6); the decoder then runs DDIM.
+    pub decoder_latents: Option<Array4<f32>>,
 }
 
 impl ExploreSettings {
@@ -59,6 +63,7 @@ impl ExploreSettings {
             rng,
             seed,
             batch: 8,
+            decoder_latents: None,
         }
     }
 }
@@ -160,24 +165,7 @@ impl Pipeline {
         decode.decoder_latents = Some(Array4::zeros((images.len() * n, 3, size, size)));
         let resolved = self.resolve(&decode)?;
 
-        // Inversion: empty caption, the image's own embedding, no guidance.
-        let plain = TextToImage {
-            prompts: vec![String::new(); images.len()],
-            num_images_per_prompt: Some(1),
-            prior_guidance_scale: Some(0.0),
-            decoder_guidance_scale: Some(1.0),
-            image_embeddings: Some(embeddings.clone()),
-            ..Default::default()
-        };
-        let text = self.conditioning(&plain)?;
-        let sampling = Sampling::new(resolved.decoder_steps, 1.0);
-        let latents = self.decoder().invert(
-            sources.view(),
-            embeddings.view(),
-            &text,
-            &sampling,
-            observer,
-        )?;
+        let latents = self.invert(&sources, &embeddings, resolved.decoder_steps, observer)?;
 
         let rows: Vec<usize> = (0..images.len() * n).map(|i| i / n).collect();
         decode.decoder_latents = Some(latents.select(Axis(0), &rows));
@@ -225,6 +213,57 @@ impl Pipeline {
                 psnr,
             },
         ))
+    }
+
+    /// DDIM-inverts `images` through the decoder conditioned on their own CLIP embeddings (no
+    /// guidance, `steps` DDIM steps with `leading` spacing): the `x_T` `(N, 3, 64, 64)` a DDIM
+    /// decode with the same step count maps back to each image.
+    pub fn invert_images(
+        &self,
+        images: &[DynamicImage],
+        steps: usize,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array4<f32>> {
+        if images.is_empty() {
+            return Err(Error::invalid("images", "give at least one image"));
+        }
+        let embeddings = self.image_encoder()?.encode(images)?;
+        let size = self.decoder().sample_size();
+        let sources: Vec<Array4<f32>> = images.iter().map(|i| decoder_input(i, size)).collect();
+        let views: Vec<_> = sources.iter().map(|a| a.view()).collect();
+        let sources = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape {
+            what: format!("decoder inputs ({e})"),
+            expected: format!("(N, 3, {size}, {size})"),
+            found: vec![images.len()],
+        })?;
+        self.invert(&sources, &embeddings, steps, observer)
+    }
+
+    fn invert(
+        &self,
+        sources: &Array4<f32>,
+        embeddings: &Array2<f32>,
+        steps: usize,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array4<f32>> {
+        // Empty caption, the image's own embedding, no guidance.
+        let plain = TextToImage {
+            prompts: vec![String::new(); embeddings.nrows()],
+            num_images_per_prompt: Some(1),
+            prior_guidance_scale: Some(0.0),
+            decoder_guidance_scale: Some(1.0),
+            image_embeddings: Some(embeddings.clone()),
+            ..Default::default()
+        };
+        let text = self.conditioning(&plain)?;
+        let sampling = Sampling::new(steps, 1.0);
+        self.decoder().invert(
+            sources.view(),
+            embeddings.view(),
+            &text,
+            &sampling,
+            observer,
+        )
     }
 
     /// The pooled CLIP text embeddings (`text_embeds`) of `captions`, `(N, D)`: the text side of
@@ -296,13 +335,19 @@ impl Pipeline {
         let mut images = Vec::with_capacity(embeddings.nrows());
         let mut resolved = None;
         for chunk in embeddings.axis_chunks_iter(Axis(0), settings.batch) {
-            let request = TextToImage {
+            let mut request = TextToImage {
                 prompts: vec![settings.decoder_prompt.clone(); chunk.nrows()],
                 num_images_per_prompt: Some(1),
                 image_embeddings: Some(chunk.to_owned()),
                 record_intermediates: false,
+                // No prior runs: CFG is the decoder's decision alone, as for variations.
+                prior_guidance_scale: Some(0.0),
                 ..settings.request.clone()
             };
+            if let Some(latents) = &settings.decoder_latents {
+                request.decoder_latents = Some(latents.clone());
+                request.decoder_scheduler = Some(SchedulerKind::Ddim);
+            }
             let mut noise = SharedNoise::new(noise_source(settings.rng, settings.seed));
             let generation = self.generate(&request, &mut noise, observer)?;
             images.extend(generation.images);

@@ -84,6 +84,7 @@ fn frames_are_single_generations_with_the_same_seed() {
             .generate(
                 &TextToImage {
                     prompts: vec![String::new()],
+                    prior_guidance_scale: Some(0.0),
                     image_embeddings: Some(exploration.embeddings.select(Axis(0), &[k]).to_owned()),
                     ..settings.request.clone()
                 },
@@ -290,6 +291,8 @@ fn cli_interpolate_and_textdiff() {
         "",
         "--image-embedding",
         &row_s,
+        "--prior-guidance-scale",
+        "0",
         "--model",
         &model,
         "-o",
@@ -693,4 +696,48 @@ fn cli_schedulers_and_inverted_variations() {
         stderr.contains("ddim") && stderr.contains("dpm++"),
         "{stderr}"
     );
+}
+
+/// `textdiff --invert`: every frame starts from the image's DDIM-inverted latents, so frame 0
+/// (θ = 0, the image's own embedding) is exactly `vary --invert --eta 0` of the image.
+#[test]
+fn inverted_text_diff_starts_from_the_reconstruction() {
+    let pipeline = pipeline();
+    let source = source_image();
+    let mut settings = settings(4);
+    settings.request.decoder_guidance_scale = Some(1.0);
+    settings.decoder_latents = Some(
+        pipeline
+            .invert_images(std::slice::from_ref(&source), 2, &mut no_observer())
+            .unwrap(),
+    );
+    let diff = pipeline
+        .text_diff(
+            &Endpoint::Image(source.clone()),
+            "a cat",
+            "a dog",
+            2,
+            0.5,
+            &settings,
+            &mut no_observer(),
+        )
+        .unwrap();
+    let (varied, _) = pipeline
+        .vary_inverted(
+            std::slice::from_ref(&source),
+            &TextToImage {
+                decoder_steps: Some(2),
+                super_res_steps: vec![2],
+                decoder_guidance_scale: Some(1.0),
+                ..Default::default()
+            },
+            &mut TorchGenerator::new(4),
+            &mut no_observer(),
+        )
+        .unwrap();
+    assert!(
+        diff.images[0] == varied.images[0],
+        "frame 0 is not the reconstruction"
+    );
+    assert!(diff.images[0] != diff.images[1]);
 }

@@ -110,6 +110,10 @@ pub struct TextDiffArgs {
     pub decoder_guidance_scale: Option<f32>,
     #[arg(long, default_value_t = 250)]
     pub frame_ms: u32,
+    /// Decode every frame from the image's DDIM-inverted latents (with DDIM) instead of noise,
+    /// so θ = 0 reconstructs the image (DALL·E 2 §3.3).
+    #[arg(long)]
+    pub invert: bool,
     #[command(flatten)]
     pub common: ExploreArgs,
 }
@@ -131,6 +135,9 @@ pub struct PcaArgs {
     /// The embedding to probe: an image file, a .npy embedding, or a prompt.
     #[arg(long)]
     pub source: Option<String>,
+    /// Decode every reconstruction from the source image's DDIM-inverted latents (with DDIM).
+    #[arg(long)]
+    pub invert: bool,
     /// Component counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     pub components: Vec<usize>,
@@ -190,6 +197,26 @@ fn endpoint(arg: &str) -> Result<(Endpoint, String)> {
         return Ok((Endpoint::Image(image), format!("image {}", path.display())));
     }
     Ok((Endpoint::Prompt(arg.to_string()), format!("prompt {arg:?}")))
+}
+
+/// With `--invert`: the subject image's DDIM-inverted latents, decoded with DDIM by every frame.
+fn invert_subject(
+    pipeline: &Pipeline,
+    subject: &Endpoint,
+    settings: &mut ExploreSettings,
+    bars: &mut Bars,
+) -> Result<()> {
+    let Endpoint::Image(image) = subject else {
+        bail!("--invert needs an image to invert, not a prompt or an embedding");
+    };
+    let steps = settings
+        .request
+        .decoder_steps
+        .unwrap_or(pipeline.decoder().default_steps);
+    let latents =
+        pipeline.invert_images(std::slice::from_ref(image), steps, &mut |p| bars.update(p))?;
+    settings.decoder_latents = Some(latents);
+    Ok(())
 }
 
 fn settings(
@@ -377,12 +404,15 @@ pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
 pub fn textdiff(args: TextDiffArgs, quiet: bool) -> Result<()> {
     let pipeline = load(&args.common.runtime)?;
     let (subject, name) = endpoint(&args.image)?;
-    let settings = settings(
+    let mut settings = settings(
         &args.common,
         args.prior_guidance_scale,
         args.decoder_guidance_scale,
     );
     let mut bars = Bars::new(quiet);
+    if args.invert {
+        invert_subject(&pipeline, &subject, &mut settings, &mut bars)?;
+    }
     let exploration = pipeline.text_diff(
         &subject,
         &args.from,
@@ -404,6 +434,7 @@ pub fn textdiff(args: TextDiffArgs, quiet: bool) -> Result<()> {
         ("from".into(), args.from.clone()),
         ("to".into(), args.to.clone()),
         ("max_theta".into(), args.max_theta.to_string()),
+        ("ddim_inversion".into(), args.invert.to_string()),
     ];
     let written = write(
         &pipeline,
@@ -500,12 +531,15 @@ pub fn pca(args: PcaArgs, quiet: bool) -> Result<()> {
         return Ok(());
     };
     let (source, source_name) = endpoint(source)?;
-    let settings = settings(
+    let mut settings = settings(
         &args.common,
         args.prior_guidance_scale,
         args.decoder_guidance_scale,
     );
     let mut bars = Bars::new(quiet);
+    if args.invert {
+        invert_subject(&pipeline, &source, &mut settings, &mut bars)?;
+    }
     let exploration = pipeline.pca_probe(&pca, &source, &args.components, &settings, &mut |p| {
         bars.update(p)
     })?;
