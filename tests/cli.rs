@@ -342,3 +342,38 @@ fn vary_writes_variations_of_an_image() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.png"));
 }
+
+/// Ctrl-C stops a run between steps: exit code 130, a one-line message, no output file.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_between_steps_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("never.png");
+    let child = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args([
+            "-q",
+            "generate",
+            "a cat",
+            "--model",
+            model_str(),
+            "--decoder-steps",
+            "1000",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("interrupted"));
+    assert!(!out.exists());
+    // No temporary file left either.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

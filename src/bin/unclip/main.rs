@@ -210,8 +210,18 @@ struct BenchArgs {
     warmup: usize,
 }
 
+/// Set by Ctrl-C (SIGINT): the running command stops at the next denoising step and
+/// writes nothing.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // A second Ctrl-C while a model call is running: leave at once.
+            std::process::exit(130);
+        }
+    });
     if !cli.quiet {
         let filter = tracing_subscriber::EnvFilter::try_from_env("UNCLIP_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -232,6 +242,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<unclip::Error>()
+                .is_some_and(|e| matches!(e, unclip::Error::Cancelled)) =>
+        {
+            eprintln!("interrupted: nothing written");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -331,6 +348,9 @@ impl Bars {
     }
 
     fn update(&mut self, p: Progress) -> ControlFlow<()> {
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return ControlFlow::Break(());
+        }
         let Some(multi) = &self.multi else {
             return ControlFlow::Continue(());
         };
