@@ -47,7 +47,8 @@ pub struct ExploreSettings {
     pub decoder_prompt: String,
     pub rng: RngKind,
     pub seed: u64,
-    /// Frames decoded per batch (results do not depend on it, see the module docs).
+    /// Frames decoded per batch (results do not depend on it, see the module docs); default 1,
+    /// since on CPU batching saves little time and costs memory linearly.
     pub batch: usize,
     /// Decode every frame from these latents `(1, 3, 64, 64)` instead of noise — the source's
     /// DDIM-inverted `x_T` ([`Pipeline::invert_images`]) for text diffs and PCA probes of an
@@ -62,7 +63,7 @@ impl ExploreSettings {
             decoder_prompt: String::new(),
             rng,
             seed,
-            batch: 8,
+            batch: 1,
             decoder_latents: None,
         }
     }

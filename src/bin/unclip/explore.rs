@@ -54,8 +54,10 @@ pub struct ExploreArgs {
     /// The caption the decoder sees in every frame (default: none, as image variations).
     #[arg(long, default_value = "")]
     pub decoder_prompt: String,
-    /// Frames decoded per batch (the images do not depend on it).
-    #[arg(long, default_value_t = 8)]
+    /// Frames decoded per batch (the images do not depend on it). On CPU a larger batch saves
+    /// little time (8 frames on models/tiny: 23.1 s at 1, 21.1 s at 4) and costs memory
+    /// (peak RSS 0.6 GB at 1, 2.2 GB at 4), so the default is 1.
+    #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Side of a contact-sheet cell in pixels (default: the image size, at most 256).
     #[arg(long)]
