@@ -413,6 +413,19 @@ pub fn from_rgb8(img: &RgbImage) -> Array3<f32> {
 /// [`Error::InvalidArgument`] for a keyword or text PNG cannot hold, [`Error::Image`] if encoding
 /// fails, [`Error::Io`] (with `path`) if the file cannot be written.
 pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Result<()> {
+    let file = encode_png(img, text).map_err(|e| match e {
+        Error::Image { reason, .. } => Error::Image {
+            path: path.display().to_string(),
+            reason,
+        },
+        other => other,
+    })?;
+    write_atomic(path, &file)
+}
+
+/// The bytes [`save_png`] writes: a PNG with the text chunks right after its header.
+pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
+    let path = Path::new("<memory>");
     let chunks = text
         .iter()
         .map(|(keyword, value)| text_chunk(keyword, value))
@@ -446,7 +459,7 @@ pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Resul
         .iter()
         .for_each(|chunk| file.extend_from_slice(chunk));
     file.extend_from_slice(&encoded[header_end..]);
-    write_atomic(path, &file)
+    Ok(file)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so an

@@ -15,6 +15,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod runtime;
 pub mod schedulers;
+pub mod server;
 pub mod sheet;
 pub mod stages;
 pub mod text;

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub const MAX_BATCH: usize = 64;
 
 /// A text-to-image request. Unset fields take the bundle's defaults.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TextToImage {
     /// One or more prompts (an empty prompt is allowed).
     pub prompts: Vec<String>,
@@ -53,6 +53,9 @@ pub struct TextToImage {
     /// DDIM's η for the stages that run DDIM (default 0: deterministic). An η above 0 with no
     /// DDIM stage is an error.
     pub eta: Option<f32>,
+    /// Side of the images to make (default: the largest, after every upsampler): the decoder's
+    /// size or any upsampler's; the stages after it are skipped.
+    pub output_size: Option<usize>,
     /// Start the decoder from these latents instead of drawing noise, `(images, 3, 64, 64)` or
     /// `(1, 3, 64, 64)` for all (a DDIM-inverted `x_T`, see [`Pipeline::vary_inverted`]).
     pub decoder_latents: Option<Array4<f32>>,
@@ -76,6 +79,10 @@ pub struct ResolvedSettings {
     pub super_res_scheduler: Vec<SchedulerKind>,
     /// DDIM's η (0 unless a stage runs DDIM).
     pub eta: f32,
+    /// How many upsamplers run (all unless a smaller `output_size` was asked).
+    pub upsamplers: usize,
+    /// Side of the images made.
+    pub output_size: usize,
 }
 
 impl ResolvedSettings {
@@ -245,6 +252,13 @@ impl Pipeline {
         &self.upsamplers
     }
 
+    /// The image sizes this bundle can make: the decoder's, then each upsampler's.
+    pub fn sizes(&self) -> Vec<usize> {
+        std::iter::once(self.decoder.sample_size())
+            .chain(self.upsamplers.iter().map(|u| u.sample_size()))
+            .collect()
+    }
+
     /// Side length of the final images.
     pub fn output_size(&self) -> usize {
         self.upsamplers
@@ -356,6 +370,23 @@ impl Pipeline {
             }
         }
         let eta = request.eta.unwrap_or(0.0);
+        let sizes = self.sizes();
+        let upsamplers = match request.output_size {
+            None => self.upsamplers.len(),
+            Some(size) => sizes.iter().position(|&s| s == size).ok_or_else(|| {
+                Error::invalid(
+                    "output size",
+                    format!(
+                        "{size}: this bundle makes {}",
+                        sizes
+                            .iter()
+                            .map(|s| format!("{s}x{s}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?,
+        };
         let settings = ResolvedSettings {
             prior_steps,
             decoder_steps,
@@ -382,6 +413,8 @@ impl Pipeline {
                 })
                 .collect(),
             eta,
+            upsamplers,
+            output_size: sizes[upsamplers],
         };
         // Every stage's scheduler is built once here, so a bad combination (η without DDIM, a
         // step count a solver cannot space) fails before any model runs.
@@ -395,7 +428,7 @@ impl Pipeline {
             .decoder_sampling()
             .build("decoder steps", self.decoder.scheduler_config())?;
         uses_ddim |= settings.decoder_scheduler == SchedulerKind::Ddim;
-        for (i, upsampler) in self.upsamplers.iter().enumerate() {
+        for (i, upsampler) in self.upsamplers.iter().enumerate().take(upsamplers) {
             settings
                 .super_res_sampling(i)
                 .build("super-resolution steps", upsampler.scheduler_config())?;
@@ -572,7 +605,7 @@ impl Pipeline {
 
         // 4. upsamplers, each fed the previous output clamped to [−1, 1]
         let mut images = decoded.images;
-        for (i, upsampler) in self.upsamplers.iter().enumerate() {
+        for (i, upsampler) in self.upsamplers.iter().enumerate().take(settings.upsamplers) {
             clock = StageClock::start(&upsampler.name, &upsampler.models());
             if i > 0 {
                 images.mapv_inplace(|x| x.clamp(-1.0, 1.0));

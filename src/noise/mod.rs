@@ -7,6 +7,7 @@
 //! - [`RecordedNoise`]: replays tensors (parity tests, DDIM inversion);
 //! - [`SharedNoise`]: wraps another source so every row of a batch gets the same noise.
 
+mod batch;
 mod fast;
 pub mod mathfun;
 mod recorded;
@@ -18,6 +19,7 @@ use std::str::FromStr;
 
 use ndarray::{ArrayD, IxDyn};
 
+pub use batch::BatchNoise;
 pub use fast::FastNoise;
 pub use recorded::RecordedNoise;
 pub use shared::SharedNoise;

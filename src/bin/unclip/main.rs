@@ -48,6 +48,8 @@ enum Command {
     Sweep(explore::SweepArgs),
     /// Time every stage over several runs; JSON on stdout.
     Bench(BenchArgs),
+    /// HTTP server speaking the OpenAI Images API (see README).
+    Serve(ServeArgs),
     /// Print a bundle's stages, shapes and defaults.
     Info {
         /// Bundle directory (default: $UNCLIP_MODEL or the default bundle).
@@ -127,6 +129,10 @@ struct SamplingArgs {
     /// DDIM's η for the stages that run ddim (0 = deterministic, 1 = DDPM-like).
     #[arg(long)]
     eta: Option<f32>,
+    /// Image side to make: the decoder's or an upsampler's (`unclip info` lists them); later
+    /// stages are skipped. Default: the largest.
+    #[arg(long)]
+    size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -197,6 +203,35 @@ struct VaryArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Address to bind (loopback by default; use 0.0.0.0 behind a load balancer).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Generation jobs waiting before new ones get 429.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+    /// Compatible jobs run together in one batch.
+    #[arg(long, default_value_t = 4)]
+    max_batch: usize,
+    /// Seconds a request may wait and run before it gets 504 and is cancelled.
+    #[arg(long, default_value_t = 300)]
+    request_timeout: u64,
+    /// Require `Authorization: Bearer KEY` on /v1/* (or set UNCLIP_API_KEY).
+    #[arg(long, env = "UNCLIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 20)]
+    max_body_mib: usize,
+    /// Seconds to finish accepted work after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -216,12 +251,15 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            // A second Ctrl-C while a model call is running: leave at once.
-            std::process::exit(130);
-        }
-    });
+    // `serve` handles SIGINT/SIGTERM itself (graceful shutdown).
+    if !matches!(cli.command, Command::Serve(_)) {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                // A second Ctrl-C while a model call is running: leave at once.
+                std::process::exit(130);
+            }
+        });
+    }
     if !cli.quiet {
         let filter = tracing_subscriber::EnvFilter::try_from_env("UNCLIP_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -238,6 +276,7 @@ fn main() -> ExitCode {
         Command::Pca(args) => explore::pca(args, cli.quiet),
         Command::Sweep(args) => explore::sweep(args, cli.quiet),
         Command::Bench(args) => bench(args, cli.quiet),
+        Command::Serve(args) => serve(args, cli.quiet),
         Command::Info { model } => info(model),
     };
     match result {
@@ -321,6 +360,7 @@ fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
         decoder_scheduler: args.decoder_scheduler,
         super_res_scheduler: args.sr_scheduler,
         eta: args.eta,
+        output_size: args.size,
         decoder_latents: None,
     })
 }
@@ -600,6 +640,55 @@ fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
     }
     report(&paths, seed, args.rng, &generation, args.json, quiet);
     Ok(())
+}
+
+fn serve(args: ServeArgs, quiet: bool) -> Result<()> {
+    let pipeline = std::sync::Arc::new(load(&args.runtime)?);
+    let config = unclip::server::ServerConfig {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        max_queue: args.max_queue,
+        max_batch: args.max_batch,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        max_body_bytes: args.max_body_mib << 20,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        ..Default::default()
+    };
+    if config.max_queue == 0 || config.max_batch == 0 {
+        bail!("--max-queue and --max-batch must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let local = listener.local_addr()?;
+        if !quiet {
+            eprintln!(
+                "serving {} on http://{local} (sizes {:?}, queue {}, batch {}{})",
+                pipeline.bundle().manifest.name,
+                pipeline.sizes(),
+                config.max_queue,
+                config.max_batch,
+                if config.api_key.is_some() {
+                    ", API key required"
+                } else {
+                    ""
+                }
+            );
+        }
+        unclip::server::serve(
+            pipeline,
+            config,
+            listener,
+            unclip::server::shutdown_signal(),
+        )
+        .await?;
+        Ok(())
+    })
 }
 
 fn write_dump(dir: Option<&Path>, generation: &Generation) -> Result<()> {

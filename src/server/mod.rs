@@ -1,0 +1,263 @@
+//! `unclip serve`: an HTTP server speaking the OpenAI Images API (and embeddings), a thin shell
+//! over the library on axum/tokio.
+//!
+//! - `POST /v1/images/generations` (JSON), `POST /v1/images/variations` (multipart),
+//!   `POST /v1/embeddings` (`model: "clip-text"`), `POST /v1/embeddings/images` (multipart,
+//!   extension), `GET /v1/models`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! - Generation jobs go through a bounded queue (429 with `Retry-After` when full) to one worker
+//!   thread that batches compatible jobs ([`worker`]). A client that disconnects or times out
+//!   is cancelled: dropped if still queued, its run stopped between steps if it was alone.
+//! - Errors are OpenAI error objects `{"error": {"message", "type", "param", "code"}}`.
+//! - Limits are checked before work: body bytes, image pixels (before decoding), prompt length,
+//!   `n`; an optional API key is compared in constant time; nothing in a request names a file.
+
+mod api;
+pub mod metrics;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+use crate::vision::ImageLimits;
+use crate::Pipeline;
+
+pub use api::ApiError;
+
+/// Server settings (`unclip serve` flags).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Jobs waiting for the worker before new ones get 429.
+    pub max_queue: usize,
+    /// Jobs per batched run.
+    pub max_batch: usize,
+    /// A request still waiting after this gets 504 and is cancelled.
+    pub request_timeout: Duration,
+    /// Bearer token required on `/v1/*` when set.
+    pub api_key: Option<String>,
+    /// Largest request body (JSON or multipart), checked while reading.
+    pub max_body_bytes: usize,
+    /// Largest prompt, in characters (OpenAI's DALL·E 2 limit is 1000).
+    pub max_prompt_chars: usize,
+    /// Largest `n` per request (OpenAI: 10).
+    pub max_images: usize,
+    /// Uploaded images: pixel and byte limits, checked before decoding.
+    pub image_limits: ImageLimits,
+    /// After SIGTERM/SIGINT, how long accepted work may take before the server exits.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_queue: 16,
+            max_batch: 4,
+            request_timeout: Duration::from_secs(300),
+            api_key: None,
+            max_body_bytes: 20 << 20,
+            max_prompt_chars: 1000,
+            max_images: 10,
+            image_limits: ImageLimits::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub config: ServerConfig,
+    pub jobs: mpsc::Sender<worker::Job>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub shutting_down: AtomicBool,
+    key_digest: Option<[u8; 32]>,
+}
+
+/// Builds the router and starts the worker thread. The worker stops when the router (and every
+/// clone of its state) is dropped.
+pub fn router(pipeline: Arc<Pipeline>, config: ServerConfig) -> (Router, Arc<AppStateHandle>) {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (tx, rx) = mpsc::channel(config.max_queue.max(1));
+    {
+        let pipeline = pipeline.clone();
+        let metrics = metrics.clone();
+        let max_batch = config.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("unclip-worker".into())
+            .spawn(move || worker::run(pipeline, rx, max_batch, metrics))
+            .expect("spawn the worker thread");
+    }
+    let key_digest = config
+        .api_key
+        .as_ref()
+        .map(|k| Sha256::digest(k.as_bytes()).into());
+    let state = Arc::new(AppState {
+        pipeline,
+        config: config.clone(),
+        jobs: tx,
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        key_digest,
+    });
+    let v1 = Router::new()
+        .route("/v1/images/generations", post(api::generations))
+        .route("/v1/images/variations", post(api::variations))
+        .route("/v1/embeddings", post(api::embeddings))
+        .route("/v1/embeddings/images", post(api::image_embeddings))
+        .route("/v1/models", get(api::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let router = Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found() })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::map_response(api::openai_errors))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state.clone());
+    (router, Arc::new(AppStateHandle { state }))
+}
+
+/// Lets the caller drive shutdown (readiness flips to 503 and new work is refused).
+pub struct AppStateHandle {
+    state: Arc<AppState>,
+}
+
+impl AppStateHandle {
+    pub fn begin_shutdown(&self) {
+        self.state.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes accepted work within `shutdown_grace`.
+pub async fn serve(
+    pipeline: Arc<Pipeline>,
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = config.shutdown_grace;
+    let (router, handle) = router(pipeline, config);
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        handle.begin_shutdown();
+        tracing::info!("shutting down: finishing accepted work");
+        let _ = signalled_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(std::io::Error::other)?,
+        _ = signalled_rx => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.map_err(std::io::Error::other)?,
+        Err(_) => {
+            tracing::warn!("shutdown grace of {grace:?} over: exiting with work in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.key_digest {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        if !bool::from(digest.ct_eq(expected)) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Counts every request by route and status, with its latency.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&metrics::RouteStatus {
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&metrics::RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return ApiError::unavailable("the server is shutting down").into_response();
+    }
+    if state.jobs.capacity() == 0 {
+        return ApiError::unavailable("the generation queue is full").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let depth = state.config.max_queue.max(1) - state.jobs.capacity();
+    state.metrics.queue_depth.set(depth as i64);
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    *response.status_mut() = StatusCode::OK;
+    response
+}

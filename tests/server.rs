@@ -1,0 +1,488 @@
+//! `unclip serve` over loopback: the official `openai` Python client, back-pressure under load,
+//! cancellation, timeouts, graceful shutdown and the error objects. Every loop is bounded in
+//! count and time.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts `unclip serve` on a free loopback port with `extra` flags.
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unclip"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(common::tiny_bundle())
+            .args(extra)
+            .env_remove("UNCLIP_API_KEY")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start unclip serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("http://") {
+                    let url: String = line[at..].split_whitespace().next().unwrap().into();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server printed its address within 60 s");
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn fast(prompt: &str, seed: u64) -> serde_json::Value {
+    serde_json::json!({
+        "prompt": prompt, "n": 1, "size": "64x64", "response_format": "b64_json",
+        "seed": seed, "prior_steps": 2, "decoder_steps": 2,
+    })
+}
+
+fn is_png(b64: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .is_ok_and(|bytes| image::load_from_memory(&bytes).is_ok())
+}
+
+/// The Python interpreter with `openai` installed: UNCLIP_TEST_PYTHON, else the project's
+/// `.venv-test` that scripts/test makes.
+fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("UNCLIP_TEST_PYTHON") {
+        return path.into();
+    }
+    let venv = common::repo().join(".venv-test/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with `openai`: run scripts/test (it makes .venv-test) or set UNCLIP_TEST_PYTHON"
+    );
+    venv
+}
+
+#[test]
+fn official_openai_client() {
+    let server = Server::start(&["--api-key", "test-key"]);
+    let image = common::repo().join("tests/fixtures/vision/orient_1.png");
+    common::run_ok(
+        Command::new(python())
+            .arg(common::repo().join("tests/openai/client_test.py"))
+            .arg(server.url("/v1"))
+            .arg("test-key")
+            .arg(image),
+    );
+}
+
+async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 64 clients × 4 requests against a queue of 8: every answer is an image (200) or a 429 with
+/// Retry-After; nothing else, and the server stays up. Prints throughput and latency.
+#[test]
+fn load_is_refused_with_429_never_lost() {
+    for max_batch in ["1", "4"] {
+        let server = Server::start(&["--max-queue", "8", "--max-batch", max_batch]);
+        let rt = runtime();
+        let started = Instant::now();
+        let results: Vec<(u16, Duration, bool)> = rt.block_on(async {
+            let client = reqwest::Client::new();
+            let mut tasks = Vec::new();
+            for c in 0..64u64 {
+                let client = client.clone();
+                let url = server.url("/v1/images/generations");
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for r in 0..4u64 {
+                        let sent = Instant::now();
+                        let response = client
+                            .post(&url)
+                            .json(&fast("a red circle", c * 4 + r))
+                            .timeout(Duration::from_secs(300))
+                            .send()
+                            .await
+                            .expect("a response");
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().contains_key("retry-after");
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        let ok = match status {
+                            200 => body["data"][0]["b64_json"].as_str().is_some_and(is_png),
+                            429 => retry_after && body["error"]["code"] == "queue_full",
+                            _ => false,
+                        };
+                        out.push((status, sent.elapsed(), ok));
+                    }
+                    out
+                }));
+            }
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.unwrap());
+            }
+            all
+        });
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(results.len(), 256);
+        for (status, _, ok) in &results {
+            assert!(ok, "status {status} with an unexpected body");
+        }
+        let mut served: Vec<f64> = results
+            .iter()
+            .filter(|r| r.0 == 200)
+            .map(|r| r.1.as_secs_f64())
+            .collect();
+        served.sort_by(f64::total_cmp);
+        assert!(!served.is_empty(), "some requests are served");
+        let refused = results.iter().filter(|r| r.0 == 429).count();
+        let pct = |p: f64| served[((served.len() - 1) as f64 * p) as usize];
+        eprintln!(
+            "max-batch {max_batch}: {} served, {refused} refused (429) in {wall:.1} s; \
+             {:.2} images/s; p50 {:.2} s, p95 {:.2} s",
+            served.len(),
+            served.len() as f64 / wall,
+            pct(0.5),
+            pct(0.95)
+        );
+        // Still healthy afterwards.
+        let health =
+            rt.block_on(async { reqwest::get(server.url("/readyz")).await.unwrap().status() });
+        assert_eq!(health, 200);
+    }
+}
+
+#[test]
+fn disconnects_and_timeouts_cancel_work() {
+    let server = Server::start(&["--request-timeout", "2"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut slow = fast("a slow cat", 1);
+        slow["decoder_steps"] = 1000.into();
+        slow["size"] = "256x256".into();
+        // A client that gives up after 300 ms: its job is cancelled between steps.
+        let dropped = client
+            .post(server.url("/v1/images/generations"))
+            .json(&slow)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(dropped.is_err(), "the client timed out");
+        let mut cancelled = 0.0;
+        for _ in 0..100 {
+            cancelled = metric(&client, &server, "unclip_jobs_cancelled_total").await;
+            if cancelled >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(cancelled, 1.0, "the abandoned job was cancelled");
+        // The server's own deadline: 504 with an OpenAI error, and the job cancelled too.
+        let response = client
+            .post(server.url("/v1/images/generations"))
+            .json(&slow)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 504);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "timeout");
+        for _ in 0..100 {
+            cancelled = metric(&client, &server, "unclip_jobs_cancelled_total").await;
+            if cancelled >= 2.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(cancelled, 2.0);
+        // And the worker is free again.
+        let response = client
+            .post(server.url("/v1/images/generations"))
+            .json(&fast("a quick cat", 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    });
+}
+
+#[test]
+fn sigterm_finishes_accepted_work_then_exits() {
+    let mut server = Server::start(&[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut long = fast("a patient cat", 3);
+        long["decoder_steps"] = 60.into();
+        let url = server.url("/v1/images/generations");
+        let in_flight = tokio::spawn({
+            let client = client.clone();
+            async move { client.post(&url).json(&long).send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.sigterm();
+        let response = in_flight
+            .await
+            .unwrap()
+            .expect("the accepted request is answered");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["data"][0]["b64_json"].as_str().is_some_and(is_png));
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing listens any more.
+    let refused = rt.block_on(async { reqwest::get(server.url("/healthz")).await });
+    assert!(refused.is_err());
+}
+
+#[test]
+fn errors_are_openai_error_objects() {
+    let server = Server::start(&["--api-key", "k", "--max-body-mib", "1"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let post = |path: &str| client.post(server.url(path)).bearer_auth("k");
+        let check = |status: u16, expected: u16, body: &serde_json::Value, param: Option<&str>| {
+            assert_eq!(status, expected, "{body}");
+            let error = &body["error"];
+            assert!(
+                error["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+            assert!(error["type"].is_string(), "{body}");
+            if let Some(param) = param {
+                assert_eq!(error["param"], param, "{body}");
+            }
+        };
+        async fn parts(r: reqwest::Response) -> (u16, serde_json::Value) {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap())
+        }
+        // No key, wrong key.
+        let (s, b) = parts(client.get(server.url("/v1/models")).send().await.unwrap()).await;
+        check(s, 401, &b, None);
+        let (s, b) = parts(
+            client
+                .get(server.url("/v1/models"))
+                .bearer_auth("K")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 401, &b, None);
+        // Health and metrics need no key.
+        assert_eq!(
+            reqwest::get(server.url("/healthz")).await.unwrap().status(),
+            200
+        );
+        // Bad JSON, missing prompt, bad n, bad size, bad rng, overlong prompt.
+        let (s, b) = parts(
+            post("/v1/images/generations")
+                .header("content-type", "application/json")
+                .body("{not json")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 400, &b, None);
+        for (body, param) in [
+            (serde_json::json!({"n": 1}), None),
+            (serde_json::json!({"prompt": "x", "n": 0}), Some("n")),
+            (serde_json::json!({"prompt": "x", "n": 11}), Some("n")),
+            (
+                serde_json::json!({"prompt": "x", "size": "512x512"}),
+                Some("size"),
+            ),
+            (
+                serde_json::json!({"prompt": "x", "rng": "dice"}),
+                Some("rng"),
+            ),
+            (
+                serde_json::json!({"prompt": "x".repeat(1001)}),
+                Some("prompt"),
+            ),
+            (
+                serde_json::json!({"prompt": "x", "decoder_scheduler": "euler"}),
+                Some("decoder_scheduler"),
+            ),
+            (
+                serde_json::json!({"prompt": "x", "model": "dall-e-3"}),
+                Some("model"),
+            ),
+            (serde_json::json!({"prompt": "x", "eta": 0.5}), None),
+            (serde_json::json!({"prompt": "x", "decoder_steps": 0}), None),
+        ] {
+            let (s, b) = parts(
+                post("/v1/images/generations")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            check(s, 400, &b, param);
+        }
+        // Too large a body: 413 before it is read whole.
+        let big = serde_json::json!({"prompt": "x".repeat(2 << 20)});
+        let (s, b) = parts(
+            post("/v1/images/generations")
+                .json(&big)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 413, &b, None);
+        // A corrupt upload: 400 naming the image.
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(b"not an image".to_vec()).file_name("x.png"),
+            )
+            .text("n", "1");
+        let (s, b) = parts(
+            post("/v1/images/variations")
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 400, &b, Some("image"));
+        let form = reqwest::multipart::Form::new().text("n", "1");
+        let (s, b) = parts(
+            post("/v1/images/variations")
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 400, &b, Some("image"));
+        // Image embeddings (extension) and a bad embeddings model.
+        let png = std::fs::read(common::repo().join("tests/fixtures/vision/orient_1.png")).unwrap();
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(png.clone()).file_name("a.png"),
+            )
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(png).file_name("b.png"),
+            );
+        let (s, b) = parts(
+            post("/v1/embeddings/images")
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["data"].as_array().unwrap().len(), 2);
+        assert_eq!(b["data"][0]["embedding"], b["data"][1]["embedding"]);
+        let (s, b) = parts(
+            post("/v1/embeddings")
+                .json(&serde_json::json!({"input": "x", "model": "text-embedding-3-small"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 400, &b, Some("model"));
+        // Unknown route.
+        let (s, b) = parts(client.get(server.url("/v2/nothing")).send().await.unwrap()).await;
+        check(s, 404, &b, None);
+    });
+}
+
+/// A batched request gets exactly the images it gets alone (each job keeps its own seed).
+#[test]
+fn batching_does_not_change_images() {
+    let server = Server::start(&["--max-batch", "4"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let one = |seed| {
+            let client = client.clone();
+            let url = server.url("/v1/images/generations");
+            async move {
+                let body: serde_json::Value = client
+                    .post(url)
+                    .json(&fast("a green square", seed))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                body["data"][0]["b64_json"].as_str().unwrap().to_string()
+            }
+        };
+        let alone = [one(10).await, one(11).await, one(12).await];
+        let together = tokio::join!(one(10), one(11), one(12));
+        assert_eq!(alone[0], together.0);
+        assert_eq!(alone[1], together.1);
+        assert_eq!(alone[2], together.2);
+        let batches = metric(&client, &server, "unclip_batch_size_count").await;
+        assert!(batches >= 4.0, "{batches}");
+    });
+}
