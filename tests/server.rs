@@ -369,6 +369,12 @@ fn errors_are_openai_error_objects() {
             ),
             (serde_json::json!({"prompt": "x", "eta": 0.5}), None),
             (serde_json::json!({"prompt": "x", "decoder_steps": 0}), None),
+            (serde_json::json!({"prompt": 5}), None),
+            (serde_json::json!({"prompt": "x", "n": "two"}), None),
+            (
+                serde_json::json!({"prompt": "x", "quality": "hd"}),
+                Some("quality"),
+            ),
         ] {
             let (s, b) = parts(
                 post("/v1/images/generations")
@@ -380,6 +386,23 @@ fn errors_are_openai_error_objects() {
             .await;
             check(s, 400, &b, param);
         }
+        // An unknown (e.g. misspelled) field is named, not ignored.
+        let (s, b) = parts(
+            post("/v1/images/generations")
+                .json(&serde_json::json!({"prompt": "x", "decoder_stepz": 3}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        check(s, 400, &b, None);
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("decoder_stepz"),
+            "{b}"
+        );
         // Too large a body: 413 before it is read whole.
         let big = serde_json::json!({"prompt": "x".repeat(2 << 20)});
         let (s, b) = parts(

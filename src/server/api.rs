@@ -184,14 +184,21 @@ pub async fn openai_errors(response: Response) -> Response {
     error.into_response()
 }
 
-/// Settings shared by generations and variations (OpenAI fields plus unclip's extensions).
+/// Settings shared by generations and variations (OpenAI fields plus unclip's extensions). An
+/// unknown field is a 400 naming it, so a misspelled extension is not silently ignored.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageParams {
     pub n: Option<usize>,
     pub size: Option<String>,
     pub response_format: Option<String>,
     pub model: Option<String>,
-    /// OpenAI's end-user id: accepted and ignored (serde skips unknown fields too).
+    /// OpenAI's end-user id: accepted and ignored.
+    pub user: Option<String>,
+    /// OpenAI's `quality`: only `standard` / `auto` (what DALL·E 2 has).
+    pub quality: Option<String>,
+    /// The prompt (generations only).
+    pub prompt: Option<String>,
     pub seed: Option<u64>,
     pub rng: Option<String>,
     pub negative_prompt: Option<String>,
@@ -204,13 +211,6 @@ pub struct ImageParams {
     pub decoder_scheduler: Option<String>,
     pub super_res_scheduler: Option<String>,
     pub eta: Option<f32>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct GenerationRequest {
-    pub prompt: String,
-    #[serde(flatten)]
-    pub params: ImageParams,
 }
 
 fn scheduler(
@@ -238,6 +238,15 @@ fn prepare(
             Some("n"),
             format!("n = {n}: ask for 1 to {} images", state.config.max_images),
         ));
+    }
+    match params.quality.as_deref() {
+        None | Some("standard") | Some("auto") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                Some("quality"),
+                format!("{other:?}: this model has one quality, \"standard\""),
+            ))
+        }
     }
     match params.response_format.as_deref() {
         None | Some("b64_json") => {}
@@ -443,9 +452,9 @@ async fn images_response(images: Vec<RgbImage>, seed: u64) -> Result<Response, A
 /// `POST /v1/images/generations`.
 pub async fn generations(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<GenerationRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<ImageParams>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| match e.status() {
+    let Json(params) = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             message: "the request body is over the server's limit".into(),
@@ -456,9 +465,18 @@ pub async fn generations(
         },
         _ => ApiError::bad_request(None, e.body_text()),
     })?;
-    check_prompt(&state, "prompt", &request.prompt)?;
-    let (key, n, seed, rng) = prepare(&state, &request.params, false)?;
-    let images = submit(&state, key, request.prompt, None, n, seed, rng).await?;
+    let prompt = params
+        .prompt
+        .clone()
+        .ok_or_else(|| ApiError::bad_request(Some("prompt"), "`prompt` is required"))?;
+    check_prompt(&state, "prompt", &prompt)?;
+    tracing::debug!(
+        user = params.user.as_deref(),
+        n = params.n,
+        "generation request"
+    );
+    let (key, n, seed, rng) = prepare(&state, &params, false)?;
+    let images = submit(&state, key, prompt, None, n, seed, rng).await?;
     images_response(images, seed).await
 }
 
@@ -584,6 +602,17 @@ pub async fn variations(
     }
     let params: ImageParams = serde_json::from_value(Value::Object(fields))
         .map_err(|e| ApiError::bad_request(None, e.to_string()))?;
+    if params.prompt.is_some() {
+        return Err(ApiError::bad_request(
+            Some("prompt"),
+            "variations take no prompt (the image is the condition)",
+        ));
+    }
+    tracing::debug!(
+        user = params.user.as_deref(),
+        n = params.n,
+        "variation request"
+    );
     let (key, n, seed, rng) = prepare(&state, &params, true)?;
     let embedding = embed_uploads(&state, uploads).await?;
     let images = submit(&state, key, String::new(), Some(embedding), n, seed, rng).await?;
