@@ -176,14 +176,26 @@ impl Bundle {
             }
             Err(e) => return Err(Error::io(manifest_path, e)),
         };
-        let manifest = parse_manifest(&manifest_path, &bytes)?;
+        let bundle = Self::from_manifest(dir, &bytes)?;
+        bundle.verify_files_with(verification)?;
+        Ok(bundle)
+    }
+
+    /// Parses and checks `bundle.json` content as if it were in `dir`, without touching the
+    /// files it names (every check of [`Bundle::open`] but existence and sha256).
+    pub fn from_manifest(dir: impl AsRef<Path>, bytes: &[u8]) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join("bundle.json");
+        let manifest = parse_manifest(&manifest_path, bytes)?;
         let bundle = Bundle {
-            manifest_sha256: hex(&Sha256::digest(&bytes)),
+            manifest_sha256: hex(&Sha256::digest(bytes)),
             dir,
             manifest,
         };
         bundle.check_references(&manifest_path)?;
-        bundle.verify_files_with(verification)?;
+        for (file, _) in bundle.files() {
+            bundle.resolve(file)?;
+        }
         Ok(bundle)
     }
 

@@ -19,19 +19,81 @@ fn npy_error(action: &'static str, path: &Path, reason: impl ToString) -> Error 
 
 /// Reads a float32 array of any rank.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
-    let file = std::fs::File::open(path).map_err(|e| npy_error("read", path, e))?;
-    ArrayD::<f32>::read_npy(std::io::BufReader::new(file)).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| npy_error("read", path, e))?;
+    f32_from_bytes(&bytes, path)
+}
+
+/// A float32 array from `.npy` bytes, with the header checked against the data first: a header
+/// that declares more than the bytes hold is an error, not an allocation (found by fuzzing:
+/// `fuzz/` target `npy_embeddings`).
+pub fn f32_from_bytes(bytes: &[u8], name: &Path) -> Result<ArrayD<f32>> {
+    check_header(bytes).map_err(|reason| npy_error("read", name, reason))?;
+    ArrayD::<f32>::read_npy(std::io::Cursor::new(bytes)).map_err(|e| {
         npy_error(
             "read",
-            path,
+            name,
             format!("{e} (expected a float32 array in C order)"),
         )
     })
 }
 
+/// Checks the `.npy` preamble (NEP 1): magic, version 1–3, a header inside the file, and a
+/// declared `shape` whose float32 data fits in what follows.
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    const MAGIC: &[u8] = b"\x93NUMPY";
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let end = start
+        .checked_add(header_len)
+        .filter(|&end| end <= bytes.len() && header_len <= 1 << 20)
+        .ok_or_else(|| format!("the header claims {header_len} bytes, the file is shorter"))?;
+    let header = std::str::from_utf8(&bytes[start..end])
+        .map_err(|_| "the header is not text".to_string())?;
+    let shape = header
+        .split_once("'shape':")
+        .and_then(|(_, rest)| rest.trim_start().strip_prefix('('))
+        .and_then(|rest| rest.split_once(')'))
+        .map(|(dims, _)| dims)
+        .ok_or_else(|| "the header has no shape".to_string())?;
+    let mut count: u64 = 1;
+    for dim in shape.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let dim: u64 = dim
+            .parse()
+            .map_err(|_| format!("shape entry {dim:?} is not an integer"))?;
+        count = count
+            .checked_mul(dim)
+            .ok_or_else(|| "the shape overflows".to_string())?;
+    }
+    let data = (bytes.len() - end) as u64;
+    if count.checked_mul(4).is_none_or(|need| need > data) {
+        return Err(format!(
+            "the header declares {count} values, the file holds {} bytes of data",
+            data
+        ));
+    }
+    Ok(())
+}
+
 /// Reads CLIP image embeddings: `(D,)` or `(N, D)` float32, finite.
 pub fn read_embeddings(path: &Path) -> Result<Array2<f32>> {
-    let array = read_f32(path)?;
+    embeddings_from(read_f32(path)?, path)
+}
+
+/// [`read_embeddings`] from `.npy` bytes in memory (`name` is used in errors).
+pub fn embeddings_from_bytes(bytes: &[u8], name: &Path) -> Result<Array2<f32>> {
+    embeddings_from(f32_from_bytes(bytes, name)?, name)
+}
+
+fn embeddings_from(array: ArrayD<f32>, path: &Path) -> Result<Array2<f32>> {
     let shape = array.shape().to_vec();
     let embeddings = match shape.len() {
         1 => array

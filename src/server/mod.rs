@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::vision::ImageLimits;
 use crate::Pipeline;
 
-pub use api::ApiError;
+pub use api::{ApiError, EmbeddingRequest, ImageParams};
 
 /// Server settings (`unclip serve` flags).
 #[derive(Clone, Debug)]

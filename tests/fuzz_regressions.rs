@@ -1,0 +1,65 @@
+//! Inputs the fuzz targets in `fuzz/` found, kept as regression tests (tests/fixtures/fuzz/).
+
+use std::path::Path;
+
+use unclip::Error;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(name)
+}
+
+/// A 12-byte `.npy` whose v2 header claims ~2.8 GB: ndarray-npy allocated the header buffer
+/// before reading it (libFuzzer: out-of-memory). Now a typed error naming the file.
+#[test]
+fn npy_header_length_beyond_the_file() {
+    let path = fixture("npy_header_length_oom.npy");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 12);
+    for result in [
+        unclip::npy::read_embeddings(&path),
+        unclip::npy::embeddings_from_bytes(&bytes, &path),
+    ] {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, Error::Npy { reason, .. } if reason.contains("header claims")),
+            "{err}"
+        );
+    }
+}
+
+/// A valid header declaring a shape far larger than its data.
+#[test]
+fn npy_shape_beyond_the_data() {
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000), }";
+    let mut padded = header.to_string();
+    while (10 + padded.len() + 1) % 64 != 0 {
+        padded.push(' ');
+    }
+    padded.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    bytes.extend_from_slice(&[0u8; 16]);
+    let err = unclip::npy::embeddings_from_bytes(&bytes, Path::new("big.npy")).unwrap_err();
+    assert!(
+        matches!(&err, Error::Npy { reason, .. } if reason.contains("declares 10000000000 values")),
+        "{err}"
+    );
+    // The same header with its data is read.
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }";
+    let mut padded = header.to_string();
+    while (10 + padded.len() + 1) % 64 != 0 {
+        padded.push(' ');
+    }
+    padded.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    for v in [1.0f32, 2.0, 3.0, 4.0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let read = unclip::npy::embeddings_from_bytes(&bytes, Path::new("ok.npy")).unwrap();
+    assert_eq!(read, ndarray::array![[1.0f32, 2.0], [3.0, 4.0]]);
+}
