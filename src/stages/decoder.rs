@@ -10,7 +10,7 @@ use crate::bundle::Bundle;
 use crate::guidance;
 use crate::noise::NoiseSource;
 use crate::runtime::{Input, Model};
-use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::text::into_dim;
 use crate::{Error, Result};
 
@@ -25,6 +25,14 @@ pub struct DecoderOutput {
     pub mask: Array2<i64>,
     /// The 64×64 images, clamped to [−1, 1] `(batch, 3, 64, 64)`.
     pub images: Array4<f32>,
+}
+
+/// text_proj's outputs for one run: the decoder's context tokens, additive time embeddings and
+/// padded mask.
+struct Projection {
+    hidden_states: Array3<f32>,
+    additive: Array2<f32>,
+    mask: Array2<i64>,
 }
 
 /// text_proj (both forms) and the decoder UNet.
@@ -94,7 +102,7 @@ impl Decoder {
         let (hidden_states, additive, mask) = self.project(image_embeddings, text)?;
         let batch = text.batch();
         let shape = [batch, self.in_channels, self.sample_size, self.sample_size];
-        let mut latents: Array4<f32> = match initial_latents {
+        let latents: Array4<f32> = match initial_latents {
             Some(given) => {
                 if given.shape() != shape {
                     return Err(Error::Shape {
@@ -120,28 +128,25 @@ impl Decoder {
                 drawn
             }
         };
-        let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let prediction = self.predict(
-                &latents,
-                t,
-                text.cfg,
-                sampling.guidance_scale,
-                &hidden_states,
-                &additive,
-                &mask,
-            )?;
-            latents = into_dim(
-                Some(scheduler.step(
-                    i,
-                    prediction.view().into_dyn(),
-                    latents.view().into_dyn(),
-                    noise,
-                )?),
-                "decoder latents",
-            )?;
-            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
-        }
+        let projection = Projection {
+            hidden_states,
+            additive,
+            mask,
+        };
+        let mut latents = self.denoise(
+            latents,
+            scheduler.as_mut(),
+            &projection,
+            text.cfg,
+            sampling.guidance_scale,
+            noise,
+            observer,
+        )?;
+        let Projection {
+            hidden_states,
+            additive,
+            mask,
+        } = projection;
         latents.mapv_inplace(|x| x.clamp(-1.0, 1.0));
         debug_assert_eq!(
             latents.slice(s![.., .., 0, 0]).len(),
@@ -189,30 +194,20 @@ impl Decoder {
             });
         }
         let (hidden_states, additive, mask) = self.project(image_embeddings, text)?;
-        let mut latents = x0.to_owned();
-        let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let prediction = self.predict(
-                &latents,
-                t,
-                text.cfg,
-                sampling.guidance_scale,
-                &hidden_states,
-                &additive,
-                &mask,
-            )?;
-            latents = into_dim(
-                Some(scheduler.step(
-                    i,
-                    prediction.view().into_dyn(),
-                    latents.view().into_dyn(),
-                    &mut crate::noise::NoNoise,
-                )?),
-                "inverted latents",
-            )?;
-            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
-        }
-        Ok(latents)
+        let projection = Projection {
+            hidden_states,
+            additive,
+            mask,
+        };
+        self.denoise(
+            x0.to_owned(),
+            scheduler.as_mut(),
+            &projection,
+            text.cfg,
+            sampling.guidance_scale,
+            &mut crate::noise::NoNoise,
+            observer,
+        )
     }
 
     /// text_proj: the context tokens, additive time embeddings and padded mask.
@@ -258,18 +253,45 @@ impl Decoder {
         Ok((hidden_states, additive, mask))
     }
 
+    /// The denoising loop shared by sampling and inversion: one guided UNet evaluation and one
+    /// scheduler step per timestep, reporting progress.
+    #[allow(clippy::too_many_arguments)]
+    fn denoise(
+        &self,
+        mut latents: Array4<f32>,
+        scheduler: &mut dyn Scheduler,
+        projection: &Projection,
+        cfg: bool,
+        guidance_scale: f32,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<Array4<f32>> {
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let prediction = self.predict(&latents, t, cfg, guidance_scale, projection)?;
+            latents = into_dim(
+                Some(scheduler.step(
+                    i,
+                    prediction.view().into_dyn(),
+                    latents.view().into_dyn(),
+                    noise,
+                )?),
+                "decoder latents",
+            )?;
+            report(observer, Stage::Decoder, i + 1, timesteps.len())?;
+        }
+        Ok(latents)
+    }
+
     /// One UNet evaluation at timestep `t`, guided (diffusers: the variance channels of the
     /// conditional half are kept, `UnCLIPPipeline.__call__`).
-    #[allow(clippy::too_many_arguments)]
     fn predict(
         &self,
         latents: &Array4<f32>,
         t: i64,
         cfg: bool,
         guidance_scale: f32,
-        hidden_states: &Array3<f32>,
-        additive: &Array2<f32>,
-        mask: &Array2<i64>,
+        projection: &Projection,
     ) -> Result<Array4<f32>> {
         let input = if cfg {
             guidance::cfg_batch(latents.view(), latents.view())?
@@ -280,9 +302,9 @@ impl Decoder {
         let mut out = self.model.run(&[
             Input::F32(input.view().into_dyn()),
             Input::I64(timestep.view().into_dyn()),
-            Input::F32(hidden_states.view().into_dyn()),
-            Input::F32(additive.view().into_dyn()),
-            Input::I64(mask.view().into_dyn()),
+            Input::F32(projection.hidden_states.view().into_dyn()),
+            Input::F32(projection.additive.view().into_dyn()),
+            Input::I64(projection.mask.view().into_dyn()),
         ])?;
         let prediction: Array4<f32> = into_dim(out.pop(), "decoder prediction")?;
         if cfg {

@@ -245,6 +245,38 @@ fn settings(
     settings
 }
 
+/// Where and how an exploration is written.
+struct Output<'a> {
+    out: &'a Path,
+    layout: SheetLayout,
+    gif_ms: Option<u32>,
+    json: bool,
+    quiet: bool,
+}
+
+impl Output<'_> {
+    /// Writes the files and reports them.
+    fn write(
+        self,
+        pipeline: &Pipeline,
+        exploration: &Exploration,
+        settings: &ExploreSettings,
+        meta: Vec<(String, String)>,
+    ) -> Result<()> {
+        let written = write(
+            pipeline,
+            exploration,
+            self.out,
+            self.layout,
+            self.gif_ms,
+            settings,
+            meta,
+        )?;
+        summarize(&written, exploration, settings.seed, self.json, self.quiet);
+        Ok(())
+    }
+}
+
 /// What a written exploration consists of.
 struct Written {
     frames: Vec<PathBuf>,
@@ -384,23 +416,14 @@ pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
         ("b".into(), b_name),
         ("frames".into(), args.frames.to_string()),
     ];
-    let written = write(
-        &pipeline,
-        &exploration,
-        &out,
+    let output = Output {
+        out: &out,
         layout,
-        Some(args.frame_ms),
-        &settings,
-        meta,
-    )?;
-    summarize(
-        &written,
-        &exploration,
-        settings.seed,
-        args.common.json,
+        gif_ms: Some(args.frame_ms),
+        json: args.common.json,
         quiet,
-    );
-    Ok(())
+    };
+    output.write(&pipeline, &exploration, &settings, meta)
 }
 
 pub fn textdiff(args: TextDiffArgs, quiet: bool) -> Result<()> {
@@ -438,23 +461,14 @@ pub fn textdiff(args: TextDiffArgs, quiet: bool) -> Result<()> {
         ("max_theta".into(), args.max_theta.to_string()),
         ("ddim_inversion".into(), args.invert.to_string()),
     ];
-    let written = write(
-        &pipeline,
-        &exploration,
-        &out,
+    let output = Output {
+        out: &out,
         layout,
-        Some(args.frame_ms),
-        &settings,
-        meta,
-    )?;
-    summarize(
-        &written,
-        &exploration,
-        settings.seed,
-        args.common.json,
+        gif_ms: Some(args.frame_ms),
+        json: args.common.json,
         quiet,
-    );
-    Ok(())
+    };
+    output.write(&pipeline, &exploration, &settings, meta)
 }
 
 /// Image files of a directory, sorted by name.
@@ -564,15 +578,14 @@ pub fn pca(args: PcaArgs, quiet: bool) -> Result<()> {
                 .join(","),
         ),
     ];
-    let written = write(&pipeline, &exploration, &out, layout, None, &settings, meta)?;
-    summarize(
-        &written,
-        &exploration,
-        settings.seed,
-        args.common.json,
+    let output = Output {
+        out: &out,
+        layout,
+        gif_ms: None,
+        json: args.common.json,
         quiet,
-    );
-    Ok(())
+    };
+    output.write(&pipeline, &exploration, &settings, meta)
 }
 
 pub fn sweep(args: SweepArgs, quiet: bool) -> Result<()> {
@@ -615,13 +628,12 @@ pub fn sweep(args: SweepArgs, quiet: bool) -> Result<()> {
             serde_json::to_string(&args.decoder_guidance_scale)?,
         ),
     ];
-    let written = write(&pipeline, &exploration, &out, layout, None, &settings, meta)?;
-    summarize(
-        &written,
-        &exploration,
-        settings.seed,
-        args.common.json,
+    let output = Output {
+        out: &out,
+        layout,
+        gif_ms: None,
+        json: args.common.json,
         quiet,
-    );
-    Ok(())
+    };
+    output.write(&pipeline, &exploration, &settings, meta)
 }
