@@ -88,7 +88,10 @@ pub(crate) struct AppState {
 
 /// Builds the router and starts the worker thread. The worker stops when the router (and every
 /// clone of its state) is dropped.
-pub fn router(pipeline: Arc<Pipeline>, config: ServerConfig) -> (Router, Arc<AppStateHandle>) {
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    config: ServerConfig,
+) -> std::io::Result<(Router, Arc<AppStateHandle>)> {
     let metrics = Arc::new(metrics::Metrics::new());
     let (tx, rx) = mpsc::channel(config.max_queue.max(1));
     {
@@ -97,8 +100,7 @@ pub fn router(pipeline: Arc<Pipeline>, config: ServerConfig) -> (Router, Arc<App
         let max_batch = config.max_batch.max(1);
         std::thread::Builder::new()
             .name("unclip-worker".into())
-            .spawn(move || worker::run(pipeline, rx, max_batch, metrics))
-            .expect("spawn the worker thread");
+            .spawn(move || worker::run(pipeline, rx, max_batch, metrics))?;
     }
     let key_digest = config
         .api_key
@@ -129,7 +131,7 @@ pub fn router(pipeline: Arc<Pipeline>, config: ServerConfig) -> (Router, Arc<App
         .layer(middleware::map_response(api::openai_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
-    (router, Arc::new(AppStateHandle { state }))
+    Ok((router, Arc::new(AppStateHandle { state })))
 }
 
 /// Lets the caller drive shutdown (readiness flips to 503 and new work is refused).
@@ -151,7 +153,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = config.shutdown_grace;
-    let (router, handle) = router(pipeline, config);
+    let (router, handle) = router(pipeline, config)?;
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(
         listener,
