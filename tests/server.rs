@@ -509,3 +509,86 @@ fn batching_does_not_change_images() {
         assert!(batches >= 4.0, "{batches}");
     });
 }
+
+/// Determinism (same bundle, seed and settings → the same pixels): the library, the CLI at 1 and
+/// 2 threads (byte-identical PNGs across runs), and the server agree. The C ABI is held to the
+/// library in tests/capi.rs.
+#[test]
+fn library_cli_threads_and_server_agree() {
+    use unclip::pipeline::{no_observer, TextToImage};
+    let pipeline = unclip::Pipeline::load(&common::runtime(), common::tiny_bundle()).unwrap();
+    let request = TextToImage {
+        prompts: vec!["a blue star".into()],
+        prior_steps: Some(3),
+        decoder_steps: Some(3),
+        super_res_steps: vec![2],
+        ..Default::default()
+    };
+    let library = pipeline
+        .generate(
+            &request,
+            &mut unclip::noise::TorchGenerator::new(21),
+            &mut no_observer(),
+        )
+        .unwrap()
+        .images
+        .remove(0);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pngs = Vec::new();
+    for (threads, name) in [("1", "a.png"), ("2", "b.png"), ("2", "c.png")] {
+        let out = tmp.path().join(name);
+        common::run_ok(
+            Command::new(env!("CARGO_BIN_EXE_unclip"))
+                .args(["-q", "generate", "a blue star", "--model"])
+                .arg(common::tiny_bundle())
+                .args(["--seed", "21", "--rng", "torch", "--threads", threads])
+                .args([
+                    "--prior-steps",
+                    "3",
+                    "--decoder-steps",
+                    "3",
+                    "--sr-steps",
+                    "2",
+                    "-o",
+                ])
+                .arg(&out)
+                .env_remove("UNCLIP_MODEL"),
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let pixels = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert!(
+            pixels == library,
+            "CLI at {threads} thread(s) differs from the library"
+        );
+        pngs.push(bytes);
+    }
+    assert_eq!(pngs[1], pngs[2], "two runs write byte-identical PNGs");
+
+    let server = Server::start(&[]);
+    let rt = runtime();
+    let b64 = rt.block_on(async {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(server.url("/v1/images/generations"))
+            .json(&serde_json::json!({
+                "prompt": "a blue star", "seed": 21, "rng": "torch",
+                "prior_steps": 3, "decoder_steps": 3, "super_res_steps": [2],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["data"][0]["b64_json"].as_str().unwrap().to_string()
+    });
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let served = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    assert!(
+        served == library,
+        "the server's image differs from the library's"
+    );
+}
