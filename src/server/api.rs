@@ -400,11 +400,26 @@ async fn submit(
         cancelled,
         reply,
     };
+    // Admission: at most `max_queue` jobs wait; the worker gives the slot back when a job starts.
+    let max_queue = state.config.max_queue.max(1);
+    if state
+        .waiting
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            (w < max_queue).then_some(w + 1)
+        })
+        .is_err()
+    {
+        return Err(ApiError::queue_full());
+    }
     match state.jobs.try_send(job) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => return Err(ApiError::queue_full()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            state.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::queue_full());
+        }
         Err(mpsc::error::TrySendError::Closed(_)) => {
-            return Err(ApiError::unavailable("the worker has stopped"))
+            state.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::unavailable("the worker has stopped"));
         }
     }
     let result = tokio::time::timeout(state.config.request_timeout, response).await;

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ pub(crate) struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub config: ServerConfig,
     pub jobs: mpsc::Sender<worker::Job>,
+    /// Jobs accepted and not yet running (queued in the channel or held by the worker).
+    pub waiting: Arc<AtomicUsize>,
     pub metrics: Arc<metrics::Metrics>,
     pub shutting_down: AtomicBool,
     key_digest: Option<[u8; 32]>,
@@ -93,14 +95,18 @@ pub fn router(
     config: ServerConfig,
 ) -> std::io::Result<(Router, Arc<AppStateHandle>)> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let (tx, rx) = mpsc::channel(config.max_queue.max(1));
+    // Admission is counted, not left to the channel: the worker moves jobs it cannot batch yet
+    // out of the channel, so the channel's capacity alone would not bound the waiting jobs.
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel(config.max_queue.max(1) + config.max_batch.max(1));
     {
         let pipeline = pipeline.clone();
         let metrics = metrics.clone();
+        let waiting = waiting.clone();
         let max_batch = config.max_batch.max(1);
         std::thread::Builder::new()
             .name("unclip-worker".into())
-            .spawn(move || worker::run(pipeline, rx, max_batch, metrics))?;
+            .spawn(move || worker::run(pipeline, rx, max_batch, waiting, metrics))?;
     }
     let key_digest = config
         .api_key
@@ -110,6 +116,7 @@ pub fn router(
         pipeline,
         config: config.clone(),
         jobs: tx,
+        waiting,
         metrics,
         shutting_down: AtomicBool::new(false),
         key_digest,
@@ -246,14 +253,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.load(Ordering::SeqCst) {
         return ApiError::unavailable("the server is shutting down").into_response();
     }
-    if state.jobs.capacity() == 0 {
+    if state.waiting.load(Ordering::SeqCst) >= state.config.max_queue.max(1) {
         return ApiError::unavailable("the generation queue is full").into_response();
     }
     "ready".into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let depth = state.config.max_queue.max(1) - state.jobs.capacity();
+    let depth = state.waiting.load(Ordering::SeqCst);
     state.metrics.queue_depth.set(depth as i64);
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +45,7 @@ pub fn run(
     pipeline: Arc<Pipeline>,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     let mut pending: VecDeque<Job> = VecDeque::new();
@@ -77,7 +78,11 @@ pub fn run(
             }
         }
         pending = skipped;
-        metrics.queue_depth.set((rx.len() + pending.len()) as i64);
+        // The batch's jobs leave the queue: their slots are free for new requests.
+        waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+        metrics
+            .queue_depth
+            .set(waiting.load(Ordering::SeqCst) as i64);
         run_batch(&pipeline, batch, &metrics);
     }
 }
