@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 1u
+#define UNCLIP_ABI_VERSION 2u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -57,6 +57,14 @@ typedef enum unclip_rng {
     UNCLIP_RNG_FAST = 0, /* counter-based, identical on every platform */
     UNCLIP_RNG_TORCH = 1 /* bit-exact with torch.Generator("cpu").manual_seed(seed) */
 } unclip_rng;
+
+/** Schedulers a stage can run (ABI 2). DEFAULT is the one the bundle names (Karlo: UnCLIP). */
+typedef enum unclip_scheduler {
+    UNCLIP_SCHEDULER_DEFAULT = 0,
+    UNCLIP_SCHEDULER_UNCLIP = 1, /* diffusers' UnCLIPScheduler */
+    UNCLIP_SCHEDULER_DDIM = 2,   /* DDIMScheduler; eta below */
+    UNCLIP_SCHEDULER_DPMPP = 3   /* DPMSolverMultistepScheduler, DPM-Solver++ 2M */
+} unclip_scheduler;
 
 /** Stages reported to progress callbacks; upsampler i reports UNCLIP_STAGE_UPSAMPLER + i. */
 typedef enum unclip_stage {
@@ -109,6 +117,13 @@ typedef struct unclip_generate_params {
     float decoder_guidance_scale;   /* < 0: the bundle's default */
     unclip_progress_callback progress; /* NULL: none */
     void *progress_user_data;
+    /* ABI 2 (appended): a host built against ABI 1 passes the smaller struct_size and gets the
+     * defaults; check unclip_abi_version() >= 2 before relying on these. */
+    int32_t prior_scheduler;        /* unclip_scheduler; default UNCLIP_SCHEDULER_DEFAULT */
+    int32_t decoder_scheduler;
+    int32_t super_res_scheduler;    /* every upsampler */
+    float eta;                      /* DDIM's eta for stages running DDIM; default 0 */
+    uint32_t output_size;           /* image side: the decoder's or an upsampler's; 0: the largest */
 } unclip_generate_params;
 
 /** ABI version of the library (UNCLIP_ABI_VERSION it was built with). */

@@ -23,13 +23,14 @@ use ndarray::{Array1, Array2, ArrayView1};
 use crate::noise::{noise_source, RngKind};
 use crate::pipeline::TextToImage;
 use crate::runtime::{Device, TensorRtOptions};
+use crate::schedulers::SchedulerKind;
 use crate::stages::Stage;
 use crate::{Error, Pipeline, Runtime};
 
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -265,19 +266,30 @@ pub unsafe extern "C" fn unclip_pipeline_image_size(pipeline: *const unclip_pipe
         .map_or(0, |p| p.pipeline.output_size() as u32)
 }
 
-/// The caller's parameter struct, checked.
-unsafe fn params_of<'a>(
+/// The caller's parameter struct, checked and copied. A host built against ABI 1 passes the
+/// shorter ABI 1 struct: only `struct_size` bytes are read and the appended fields keep their
+/// defaults.
+unsafe fn params_of(
     params: *const unclip_generate_params,
-) -> Result<&'a unclip_generate_params, Error> {
-    let params = params
-        .as_ref()
-        .ok_or_else(|| invalid("params", "is NULL"))?;
+) -> Result<unclip_generate_params, Error> {
+    if params.is_null() {
+        return Err(invalid("params", "is NULL"));
+    }
+    let given = std::ptr::addr_of!((*params).struct_size).read_unaligned();
     check_size(
         "unclip_generate_params",
-        params.struct_size,
-        std::mem::size_of::<unclip_generate_params>(),
+        given,
+        types::GENERATE_PARAMS_V1_SIZE,
     )?;
-    Ok(params)
+    let mut copy = unclip_generate_params::default();
+    let known = std::mem::size_of::<unclip_generate_params>();
+    std::ptr::copy_nonoverlapping(
+        params.cast::<u8>(),
+        std::ptr::addr_of_mut!(copy).cast::<u8>(),
+        given.min(known),
+    );
+    copy.struct_size = known;
+    Ok(copy)
 }
 
 /// Builds the request shared by the generate calls.
@@ -293,7 +305,21 @@ unsafe fn request_of(params: &unclip_generate_params) -> Result<TextToImage, Err
             &format!("{} is not a unclip_rng", params.rng),
         ));
     }
+    let scheduler = |name: &'static str, value: i32| -> Result<Option<SchedulerKind>, Error> {
+        match value {
+            0 => Ok(None),
+            1 => Ok(Some(SchedulerKind::UnCLIP)),
+            2 => Ok(Some(SchedulerKind::Ddim)),
+            3 => Ok(Some(SchedulerKind::DpmSolverPP)),
+            other => Err(invalid(name, &format!("{other} is not a unclip_scheduler"))),
+        }
+    };
     let request = TextToImage {
+        prior_scheduler: scheduler("prior_scheduler", params.prior_scheduler)?,
+        decoder_scheduler: scheduler("decoder_scheduler", params.decoder_scheduler)?,
+        super_res_scheduler: scheduler("super_res_scheduler", params.super_res_scheduler)?,
+        eta: (params.eta != 0.0).then_some(params.eta),
+        output_size: (params.output_size > 0).then_some(params.output_size as usize),
         negative_prompt: opt_str(params.negative_prompt, "negative_prompt")?.map(str::to_string),
         num_images_per_prompt: Some(params.num_images_per_prompt as usize),
         prior_steps: steps(params.prior_steps),
@@ -387,7 +413,7 @@ pub unsafe extern "C" fn unclip_generate(
                 "give at least one prompt (NULL-terminated UTF-8 strings)",
             ));
         }
-        let params = params_of(params)?;
+        let params = &params_of(params)?;
         let mut request = request_of(params)?;
         request.prompts = (0..num_prompts)
             .map(|i| req_str(*prompts.add(i), "prompts[i]").map(str::to_string))
@@ -422,7 +448,7 @@ pub unsafe extern "C" fn unclip_generate_from_embeddings(
         );
         let embeddings = Array2::from_shape_vec((num_embeddings, dim), values.to_vec())
             .map_err(|e| invalid("embeddings", &e.to_string()))?;
-        let params = params_of(params)?;
+        let params = &params_of(params)?;
         let mut request = request_of(params)?;
         // Decoding embeddings is unconditional on text: the empty prompt, as image variations.
         request.prompts = vec![String::new(); num_embeddings];
@@ -522,7 +548,7 @@ pub unsafe extern "C" fn unclip_generate_variations(
             .as_ref()
             .ok_or_else(|| invalid("pipeline", "is NULL"))?;
         let image = rgb_image(rgb, width, height)?;
-        let params = params_of(params)?;
+        let params = &params_of(params)?;
         let request = request_of(params)?;
         let mut noise = noise_of(params);
         let mut observer = progress_observer(params);

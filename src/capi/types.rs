@@ -50,6 +50,7 @@ impl Default for unclip_runtime_params {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct unclip_generate_params {
     pub struct_size: usize,
     pub num_images_per_prompt: u32,
@@ -63,7 +64,17 @@ pub struct unclip_generate_params {
     pub decoder_guidance_scale: f32,
     pub progress: unclip_progress_callback,
     pub progress_user_data: *mut c_void,
+    // ABI 2: appended; see `generate_params` for hosts passing the ABI 1 size.
+    pub prior_scheduler: i32,
+    pub decoder_scheduler: i32,
+    pub super_res_scheduler: i32,
+    pub eta: f32,
+    pub output_size: u32,
 }
+
+/// Size of `unclip_generate_params` in ABI 1 (everything before `prior_scheduler`).
+pub const GENERATE_PARAMS_V1_SIZE: usize =
+    std::mem::offset_of!(unclip_generate_params, prior_scheduler);
 
 impl Default for unclip_generate_params {
     fn default() -> Self {
@@ -80,6 +91,11 @@ impl Default for unclip_generate_params {
             decoder_guidance_scale: -1.0,
             progress: None,
             progress_user_data: std::ptr::null_mut(),
+            prior_scheduler: 0,
+            decoder_scheduler: 0,
+            super_res_scheduler: 0,
+            eta: 0.0,
+            output_size: 0,
         }
     }
 }

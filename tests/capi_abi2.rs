@@ -1,0 +1,136 @@
+//! ABI 2 of the C interface, through the exported functions: the appended scheduler, η and size
+//! fields, and hosts built against ABI 1 (shorter `unclip_generate_params`) still served.
+
+mod common;
+
+use std::ffi::CString;
+
+use unclip::capi::*;
+use unclip::noise::TorchGenerator;
+use unclip::pipeline::{no_observer, TextToImage};
+use unclip::schedulers::SchedulerKind;
+
+/// Runs `unclip_generate` for one prompt; returns the status and the first image's RGB bytes.
+unsafe fn generate(
+    pipeline: *const unclip_pipeline,
+    params: *const unclip_generate_params,
+) -> (unclip_status, Option<(u32, Vec<u8>)>) {
+    let prompt = CString::new("a purple triangle").unwrap();
+    let prompts = [prompt.as_ptr()];
+    let mut images: *mut unclip_image = std::ptr::null_mut();
+    let mut count = 0usize;
+    let status = unclip_generate(
+        pipeline,
+        prompts.as_ptr(),
+        1,
+        params,
+        &mut images,
+        &mut count,
+    );
+    if status != unclip_status::UNCLIP_OK {
+        return (status, None);
+    }
+    let image = &*images;
+    let len = (image.width * image.height * image.channels) as usize;
+    let bytes = std::slice::from_raw_parts(image.data, len).to_vec();
+    let side = image.width;
+    unclip_image_free(images, count);
+    (status, Some((side, bytes)))
+}
+
+#[test]
+fn schedulers_eta_size_and_abi1_hosts() {
+    unsafe {
+        assert_eq!(unclip_abi_version(), 2);
+        let mut rp = std::mem::zeroed::<unclip_runtime_params>();
+        unclip_runtime_params_init(&mut rp);
+        let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
+        assert_eq!(
+            unclip_runtime_create(&rp, &mut runtime),
+            unclip_status::UNCLIP_OK
+        );
+        let dir = CString::new(common::tiny_bundle().to_str().unwrap()).unwrap();
+        let mut pipeline: *mut unclip_pipeline = std::ptr::null_mut();
+        assert_eq!(
+            unclip_pipeline_load(runtime, dir.as_ptr(), &mut pipeline),
+            unclip_status::UNCLIP_OK
+        );
+
+        let mut params = std::mem::zeroed::<unclip_generate_params>();
+        unclip_generate_params_init(&mut params);
+        params.rng = 1; // torch
+        params.seed = 8;
+        params.prior_steps = 2;
+        params.decoder_steps = 3;
+        params.super_res_steps = 2;
+        let (_, defaults) = generate(pipeline, &params);
+        let (side, defaults) = defaults.unwrap();
+        assert_eq!(side, 256);
+
+        // An ABI 1 host: struct_size of the old struct, garbage after it is never read.
+        let mut old = params;
+        old.struct_size = GENERATE_PARAMS_V1_SIZE;
+        old.decoder_scheduler = 99;
+        old.output_size = 12345;
+        let (status, image) = generate(pipeline, &old);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        assert_eq!(image.unwrap().1, defaults, "ABI 1 callers get the defaults");
+        let mut short = params;
+        short.struct_size = GENERATE_PARAMS_V1_SIZE - 8;
+        assert_eq!(
+            generate(pipeline, &short).0,
+            unclip_status::UNCLIP_INVALID_ARGUMENT
+        );
+
+        // DDIM with η on the decoder, DPM++ on the prior, a 64×64 image: what the library makes.
+        let mut custom = params;
+        custom.prior_scheduler = 3;
+        custom.decoder_scheduler = 2;
+        custom.eta = 0.5;
+        custom.output_size = 64;
+        let (status, image) = generate(pipeline, &custom);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        let (side, bytes) = image.unwrap();
+        assert_eq!(side, 64);
+        let library = unclip::Pipeline::load(&common::runtime(), common::tiny_bundle())
+            .unwrap()
+            .generate(
+                &TextToImage {
+                    prompts: vec!["a purple triangle".into()],
+                    prior_steps: Some(2),
+                    decoder_steps: Some(3),
+                    super_res_steps: vec![2],
+                    prior_scheduler: Some(SchedulerKind::DpmSolverPP),
+                    decoder_scheduler: Some(SchedulerKind::Ddim),
+                    eta: Some(0.5),
+                    output_size: Some(64),
+                    ..Default::default()
+                },
+                &mut TorchGenerator::new(8),
+                &mut no_observer(),
+            )
+            .unwrap();
+        assert!(bytes == library.images[0].as_raw().as_slice());
+
+        for bad in [
+            unclip_generate_params {
+                decoder_scheduler: 7,
+                ..params
+            },
+            unclip_generate_params { eta: 0.5, ..params },
+            unclip_generate_params {
+                output_size: 100,
+                ..params
+            },
+        ] {
+            assert_eq!(
+                generate(pipeline, &bad).0,
+                unclip_status::UNCLIP_INVALID_ARGUMENT
+            );
+            let message = std::ffi::CStr::from_ptr(unclip_last_error_message());
+            assert!(!message.to_bytes().is_empty());
+        }
+        unclip_pipeline_free(pipeline);
+        unclip_runtime_free(runtime);
+    }
+}
