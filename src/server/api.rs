@@ -259,7 +259,8 @@ fn prepare(
     }
     if let Some(model) = &params.model {
         let ours = &state.pipeline.bundle().manifest.name;
-        if model != ours && model != "unclip" {
+        // "dall-e-2" is accepted as an alias: clients written for OpenAI's unCLIP model send it.
+        if model != ours && model != "unclip" && model != "dall-e-2" {
             return Err(ApiError::bad_request(
                 Some("model"),
                 format!("model {model:?} is not served here: use {ours:?} (see GET /v1/models)"),
