@@ -20,7 +20,7 @@ for t in "${TARGETS[@]}"; do
   else
     status=FAILED
   fi
-  runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+  runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}' || true)
   echo "$t: $status, ${runs:-?} executions in ${SECONDS_PER_TARGET} s"
   if [ "$status" = FAILED ]; then grep -E 'ERROR|SUMMARY|panicked' "$log" | head -5; fi
   rm -f "$log"
