@@ -1,0 +1,94 @@
+"""Training-side diffusion: the forward process of Karlo's schedule and the losses.
+
+The noise schedule is taken from diffusers' `UnCLIPScheduler` itself (squaredcos_cap_v2, 1000
+steps), so training and sampling share one source of ᾱ. The decoder's hybrid loss follows
+Improved DDPM (Nichol & Dhariwal 2021, §3.1; openai/improved-diffusion `gaussian_diffusion.py`,
+`training_losses` and `_vb_terms_bpd`): L_hybrid = L_simple + λ·L_vlb with λ = 0.001, where the
+model outputs ε and v ∈ [−1, 1], Σ = exp(v' log β_t + (1 − v') log β̃_t) with v' = (v + 1)/2 — the
+same `learned_range` interpolation `UnCLIPScheduler._get_variance` applies at sampling — and L_vlb
+sees the mean through a stop-gradient so it only trains the variance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+class Schedule:
+    def __init__(self, num_train_timesteps: int = 1000):
+        from diffusers import UnCLIPScheduler
+
+        sched = UnCLIPScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2")
+        self.T = num_train_timesteps
+        betas = sched.betas.double().numpy()
+        ac = np.cumprod(1.0 - betas)
+        ac_prev = np.append(1.0, ac[:-1])
+        post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+        f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+        self.alphas_cumprod = sched.alphas_cumprod.float()
+        self.sqrt_ac = f(np.sqrt(ac))
+        self.sqrt_1m_ac = f(np.sqrt(1.0 - ac))
+        self.sqrt_recip_ac = f(np.sqrt(1.0 / ac))
+        self.sqrt_recipm1_ac = f(np.sqrt(1.0 / ac - 1.0))
+        self.log_betas = f(np.log(betas))
+        # β̃_0 = 0: clipped to β̃_1 as improved-diffusion does (the t = 0 term is a decoder NLL).
+        self.post_log_var = f(np.log(np.append(post_var[1], post_var[1:])))
+        self.post_coef_x0 = f(betas * np.sqrt(ac_prev) / (1.0 - ac))
+        self.post_coef_xt = f((1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac))
+
+    @staticmethod
+    def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values[t].reshape(-1, *([1] * (like.ndim - 1)))
+
+    def sample_t(self, batch: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.T, (batch,), generator=g)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+
+    def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor, vlb_weight: float = 0.001) -> tuple[torch.Tensor, dict]:
+        """L_simple + λ·T·L_t for a 6-channel output (ε, v) at uniformly sampled t. With uniform t,
+        T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 — the same
+        number improved-diffusion's `loss = mse + vb` computes."""
+        c = x0.shape[1]
+        eps, v = output.float().split(c, dim=1)
+        mse = (eps - noise).square().mean(dim=(1, 2, 3))
+        # Stop-gradient on the mean: L_vlb trains only the variance (improved-diffusion's `frozen_out`).
+        x0_pred = self._at(self.sqrt_recip_ac, t, xt) * xt - self._at(self.sqrt_recipm1_ac, t, xt) * eps.detach()
+        mean_pred = self._at(self.post_coef_x0, t, xt) * x0_pred + self._at(self.post_coef_xt, t, xt) * xt
+        frac = (v + 1) / 2
+        min_log = self._at(self.post_log_var, t, xt)
+        max_log = self._at(self.log_betas, t, xt)
+        log_var_pred = frac * max_log + (1 - frac) * min_log
+        mean_true = self._at(self.post_coef_x0, t, xt) * x0 + self._at(self.post_coef_xt, t, xt) * xt
+        kl = normal_kl(mean_true, min_log, mean_pred, log_var_pred).mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x0, mean_pred, 0.5 * log_var_pred).mean(dim=(1, 2, 3)) / math.log(2.0)
+        vb = torch.where(t == 0, nll, kl)
+        loss = mse + vlb_weight * self.T * vb
+        return loss.mean(), {"mse": mse.mean().item(), "vb": vb.mean().item()}
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).square() * torch.exp(-logvar2))
+
+
+def _approx_standard_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log-likelihood of 8-bit images in [−1, 1] under a Gaussian discretized to 256 bins
+    (improved-diffusion `losses.py`)."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))

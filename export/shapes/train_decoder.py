@@ -1,0 +1,132 @@
+"""Trains the decoder: UNet2DConditionModel (64×64, GLIDE-style, learned variance) together with
+UnCLIPTextProjModel, CLIP image embedding → image (DALL·E 2 §2.1, decoder).
+
+    python export/shapes/train_decoder.py [--config decoder] [--clip-run DIR] [--scenes FILE]
+                                          [--threads N] [--max-steps N] [--max-minutes M]
+
+As the paper and GLIDE: 6 output channels (ε and the variance interpolation v,
+`variance_type: learned_range`), hybrid loss L_simple + λ·L_vlb with λ = 0.001 (Improved DDPM;
+diffusion.py). Conditioning is computed exactly as `UnCLIPPipeline` does at sampling: text_proj
+turns the image embedding, the CLIP text embedding and the token states into 4 extra context
+tokens + projected token states and an additive time embedding; the decoder's attention mask is
+the text mask with 4 leading Trues. Classifier-free guidance dropout as the paper (§2.1): the CLIP
+image embedding is replaced 10% of the time by text_proj's learned null embedding (what the
+pipeline's unconditional branch uses) and the caption 50% of the time by the empty prompt.
+Targets are 64×64 renders of the scenes whose embeddings `embed_scenes.py` stored.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import training  # noqa: E402
+
+training.ensure_import_path()
+import models  # noqa: E402
+import world  # noqa: E402
+from clip_model import ClipTowers, pad_tokens  # noqa: E402
+from diffusion import Schedule  # noqa: E402
+from embed_scenes import DEFAULT_OUT, load_scenes  # noqa: E402
+from render import render, to_array  # noqa: E402
+
+
+class DecoderWithProj(torch.nn.Module):
+    """The two trained modules, stepped and averaged together."""
+
+    def __init__(self, config: dict, embed_dim: int):
+        super().__init__()
+        self.decoder = models.decoder(config)
+        self.text_proj = models.text_proj(config, embed_dim)
+
+    def forward(self, xt, t, image_embeds, text_embeds, states, mask):
+        hidden, additive = self.text_proj(image_embeddings=image_embeds, prompt_embeds=text_embeds,
+                                          text_encoder_hidden_states=states, do_classifier_free_guidance=False)
+        mask = F.pad(mask, (self.text_proj.clip_extra_context_tokens, 0), value=True)
+        return self.decoder(xt, t, encoder_hidden_states=hidden, class_labels=additive, attention_mask=mask).sample
+
+
+@torch.no_grad()
+def check_short_states(model: DecoderWithProj, clip: ClipTowers, captions: list[str], embed_dim: int) -> float:
+    """Token states cut at the longest caption give the decoder output of the pipeline's 77."""
+    g = torch.Generator().manual_seed(0)
+    b = len(captions)
+    text_embeds, states, mask = clip.encode_text(captions, full_length=False)
+    xt, t, img = torch.randn(b, 3, 64, 64, generator=g), torch.randint(0, 1000, (b,), generator=g), torch.randn(b, embed_dim, generator=g)
+    short = model(xt, t, img, text_embeds, states, mask)
+    full = model(xt, t, img, text_embeds, pad_tokens(states, 77), pad_tokens(mask, 77))
+    diff = (short - full).abs().max().item()
+    if not diff <= 1e-4:
+        raise SystemExit(f"short token states change the decoder output by {diff:.3e}")
+    return diff
+
+
+def main() -> None:
+    ap = training.arguments(__doc__, "decoder")
+    ap.add_argument("--clip-run", type=Path, default=training.RUNS / "clip")
+    ap.add_argument("--scenes", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    config = models.load_config(args.config)
+    run = training.Run(args, config)
+    train, seed = config["train"], config["seed"]
+    torch.manual_seed(seed)
+    clip = ClipTowers(args.clip_run)
+    data = load_scenes(args.scenes, clip)
+    scenes, embeds = data["scenes"], data["image_embeds"]
+    embed_dim = clip.config["embed_dim"]
+    schedule = Schedule()
+
+    model = DecoderWithProj(config["decoder"], embed_dim).train()
+    ema = training.EMA(model, train["ema_decay"])
+    opt = training.optimizer(model.parameters(), train)
+    start = 0
+    if (state := run.load()) is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+    rng = np.random.default_rng(seed)
+    diff = check_short_states(model, clip, [world.caption(scenes[i], rng) for i in range(3)] + [""], embed_dim)
+    run.log(f"decoder {models.count_parameters(model.decoder) / 1e6:.2f} M + text_proj "
+            f"{models.count_parameters(model.text_proj) / 1e6:.3f} M parameters, {len(scenes)} scenes, "
+            f"CLIP step {clip.step}; short token states = 77 within {diff:.1e}")
+    null = model.text_proj.learned_classifier_free_guidance_embeddings
+
+    def step_fn(step: int) -> dict:
+        rng, g = training.generators(seed, step)
+        b = train["batch_size"]
+        index = rng.integers(len(scenes), size=b)
+        x0 = torch.from_numpy(np.stack([to_array(render(scenes[i], 64)) for i in index]))
+        captions = [world.caption(scenes[i], rng) if rng.random() >= train["text_drop_prob"] else "" for i in index]
+        drop_image = torch.from_numpy(rng.random(b) < train["image_drop_prob"])
+        text_embeds, states, mask = clip.encode_text(captions, full_length=False)
+        image_embeds = torch.where(drop_image[:, None], null[None].expand(b, -1), embeds[torch.from_numpy(index)])
+        t = schedule.sample_t(b, g)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = schedule.q_sample(x0, t, noise)
+        for group in opt.param_groups:
+            group["lr"] = training.learning_rate(train, step)
+        with training.autocast(train):
+            out = model(xt, t, image_embeds, text_embeds, states, mask)
+        loss, parts = schedule.hybrid_loss(out, x0, xt, t, noise, train["vlb_weight"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("grad_clip", 1.0))
+        opt.step()
+        ema.update(model)
+        return {"loss": loss.item(), **parts, "grad": grad.item()}
+
+    def state_fn(step: int) -> dict:
+        return {"step": step, "config": config, "clip_step": clip.step, "model": model.state_dict(),
+                "ema": ema.state_dict(), "optimizer": opt.state_dict()}
+
+    training.train_loop(run, step_fn, state_fn, start)
+
+
+if __name__ == "__main__":
+    main()
