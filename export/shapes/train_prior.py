@@ -105,6 +105,9 @@ def main() -> None:
     opt = training.optimizer(prior.parameters(), train)
     start = 0
     if (state := run.load()) is not None:
+        if state["clip_step"] != clip.step:
+            raise SystemExit(f"{run.dir} was trained on CLIP step {state['clip_step']}, the CLIP run is at step "
+                             f"{clip.step}: start a new run (another --run-dir) for the new CLIP")
         prior.load_state_dict(state["prior"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])

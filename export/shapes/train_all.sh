@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Trains every shapes component and assembles the checkpoint, in two lanes that run side by side
+# (one torch thread each by default: on this 2-core machine two 1-thread processes use the cores
+# better than one 2-thread process, and a 2-thread process collapses when anything else runs):
+#   lane A: CLIP → embed_scenes → prior → decoder      lane B: super-res 64→256 → 256→1024
+# Every step resumes where it stopped, so running this again continues an interrupted training.
+#   export/shapes/train_all.sh [THREADS_PER_LANE] [PYTHON]
+# Logs: export/shapes/runs/<run>/train.log (and lane-a.log / lane-b.log for the whole lane).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+THREADS=${1:-1}
+PY=${2:-${PYTHON:-python}}
+S=export/shapes
+RUNS=$S/runs
+mkdir -p "$RUNS"
+
+lane_a() {
+  "$PY" $S/train_clip.py --threads "$THREADS"
+  # The scene embeddings depend on the CLIP checkpoint: re-embed when CLIP moved on.
+  if ! "$PY" -c "import sys, torch; a = torch.load('$RUNS/scenes.pt', weights_only=False)['clip_step']; \
+b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit(a != b)" 2>/dev/null; then
+    "$PY" $S/embed_scenes.py --threads "$THREADS"
+  fi
+  "$PY" $S/train_prior.py --threads "$THREADS"
+  "$PY" $S/train_decoder.py --threads "$THREADS"
+}
+
+lane_b() {
+  "$PY" $S/train_superres.py --config superres_256 --threads "$THREADS"
+  "$PY" $S/train_superres.py --config superres_1024 --threads "$THREADS"
+}
+
+lane_a > "$RUNS/lane-a.log" 2>&1 &
+a=$!
+lane_b > "$RUNS/lane-b.log" 2>&1 &
+b=$!
+status=0
+wait $a || { echo "lane A failed: see $RUNS/lane-a.log"; status=1; }
+wait $b || { echo "lane B failed: see $RUNS/lane-b.log"; status=1; }
+[ $status -eq 0 ] || exit $status
+"$PY" $S/assemble.py
