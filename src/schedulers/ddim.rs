@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::betas::{self, BetaSchedule};
 use super::{
-    checked_timesteps, serialize_prediction_type, without_learned_variance, PredictionType,
-    Scheduler, TimestepSpacing,
+    checked_timesteps, draw_noise, serialize_prediction_type, timestep_at,
+    without_learned_variance, PredictionType, Scheduler, TimestepSpacing,
 };
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -296,19 +296,6 @@ impl DDIMScheduler {
     }
 }
 
-/// `timesteps[step_index]`, or an error naming the number of steps.
-pub(crate) fn timestep_at(timesteps: &[i64], step_index: usize) -> Result<i64> {
-    timesteps.get(step_index).copied().ok_or_else(|| {
-        Error::invalid(
-            "step_index",
-            format!(
-                "{step_index} is past the last of {} inference steps",
-                timesteps.len()
-            ),
-        )
-    })
-}
-
 impl Scheduler for DDIMScheduler {
     fn timesteps(&self) -> &[i64] {
         &self.timesteps
@@ -374,19 +361,6 @@ impl Scheduler for DDIMScheduler {
             Ok(update.apply_all(&model_output, &sample))
         }
     }
-}
-
-/// One `randn_tensor(model_output.shape)` of `DDIMScheduler.step`, checked for shape.
-fn draw_noise(noise: &mut dyn NoiseSource, shape: &[usize]) -> Result<ArrayD<f32>> {
-    let drawn = noise.randn(shape)?;
-    if drawn.shape() != shape {
-        return Err(Error::Shape {
-            what: "DDIM variance noise".into(),
-            expected: format!("{shape:?}"),
-            found: drawn.shape().to_vec(),
-        });
-    }
-    Ok(drawn)
 }
 
 #[cfg(test)]

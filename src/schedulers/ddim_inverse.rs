@@ -13,10 +13,10 @@ use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 
 use super::betas::{self, BetaSchedule};
-use super::ddim::{check_clip_sample_range, ddim_timesteps, timestep_at, DdimUpdate};
+use super::ddim::{check_clip_sample_range, ddim_timesteps, DdimUpdate};
 use super::{
-    checked_timesteps, serialize_prediction_type, without_learned_variance, PredictionType,
-    Scheduler, TimestepSpacing,
+    checked_timesteps, serialize_prediction_type, timestep_at, without_learned_variance,
+    PredictionType, Scheduler, TimestepSpacing,
 };
 use crate::noise::NoiseSource;
 use crate::{Error, Result};

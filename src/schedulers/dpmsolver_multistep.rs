@@ -19,10 +19,9 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use serde::{Deserialize, Serialize};
 
 use super::betas::{self, BetaSchedule};
-use super::ddim::timestep_at;
 use super::{
-    checked_timesteps, serialize_prediction_type, without_learned_variance, PredictionType,
-    Scheduler, TimestepSpacing,
+    checked_timesteps, serialize_prediction_type, timestep_at, without_learned_variance,
+    PredictionType, Scheduler, TimestepSpacing,
 };
 use crate::noise::NoiseSource;
 use crate::{Error, Result};

@@ -181,6 +181,32 @@ pub(crate) fn checked_timesteps(
     ))
 }
 
+/// `timesteps[step_index]`, or an error naming the number of steps.
+pub(crate) fn timestep_at(timesteps: &[i64], step_index: usize) -> Result<i64> {
+    timesteps.get(step_index).copied().ok_or_else(|| {
+        Error::invalid(
+            "step_index",
+            format!(
+                "{step_index} is past the last of {} inference steps",
+                timesteps.len()
+            ),
+        )
+    })
+}
+
+/// One `randn_tensor(model_output.shape)` of a scheduler step, checked for shape.
+pub(crate) fn draw_noise(noise: &mut dyn NoiseSource, shape: &[usize]) -> Result<ArrayD<f32>> {
+    let drawn = noise.randn(shape)?;
+    if drawn.shape() != shape {
+        return Err(Error::Shape {
+            what: "scheduler variance noise".into(),
+            expected: format!("{shape:?}"),
+            found: drawn.shape().to_vec(),
+        });
+    }
+    Ok(drawn)
+}
+
 /// Convention for the samplers that do not model the variance (DDIM, DDIM inversion,
 /// DPM-Solver++): a `model_output` with twice the sample's channels in dim 1 is Karlo's decoder
 /// output `[ε, learned variance]`; it is split there as `UnCLIPPipeline.__call__` splits it and the

@@ -15,7 +15,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
 use serde::Deserialize;
 
 use super::betas::{self, BetaSchedule};
-use super::Scheduler;
+use super::{draw_noise, timestep_at, Scheduler};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
 
@@ -403,19 +403,6 @@ impl UnCLIPScheduler {
     }
 }
 
-/// One `randn_tensor(model_output.shape)` of `UnCLIPScheduler.step`, checked for shape.
-fn draw_noise(noise: &mut dyn NoiseSource, shape: &[usize]) -> Result<ArrayD<f32>> {
-    let drawn = noise.randn(shape)?;
-    if drawn.shape() != shape {
-        return Err(Error::Shape {
-            what: "scheduler variance noise".into(),
-            expected: format!("{shape:?}"),
-            found: drawn.shape().to_vec(),
-        });
-    }
-    Ok(drawn)
-}
-
 impl Scheduler for UnCLIPScheduler {
     fn timesteps(&self) -> &[i64] {
         &self.timesteps
@@ -432,15 +419,7 @@ impl Scheduler for UnCLIPScheduler {
         sample: ArrayViewD<'_, f32>,
         noise: &mut dyn NoiseSource,
     ) -> Result<ArrayD<f32>> {
-        let timestep = *self.timesteps.get(step_index).ok_or_else(|| {
-            Error::invalid(
-                "step_index",
-                format!(
-                    "{step_index} is past the last of {} inference steps",
-                    self.timesteps.len()
-                ),
-            )
-        })?;
+        let timestep = timestep_at(&self.timesteps, step_index)?;
         let prev_timestep = self.timesteps.get(step_index + 1).copied().unwrap_or(-1);
         // Same as diffusers' `t > 0` for N ≥ 2 (only the last step has t = 0 and it is the only
         // one with prev_timestep < 0); it also keeps the N = 1 step noiseless.
