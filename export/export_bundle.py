@@ -159,7 +159,8 @@ class Exporter:
         self.models: dict[str, dict] = {}
         self.report: dict[str, dict] = {}
 
-    def export(self, key: str, module: torch.nn.Module, inputs: dict, outputs: list[str], dims: dict, make_inputs):
+    def export(self, key: str, module: torch.nn.Module, inputs: dict, outputs: list[str], dims: dict, make_inputs,
+               tolerance: float | None = None):
         """Exports `module` to `<key>.onnx`, checks it in ONNX Runtime, records its manifest entry.
 
         `inputs` are example tensors at TRACE_BATCH; `dims[name]` maps axis → symbolic name;
@@ -219,7 +220,7 @@ class Exporter:
             entry["external_data"] = [{"file": data_name, "sha256": sha256(self.out / data_name)}]
         entry["inputs"] = [io_spec(n, t, dims.get(n, {})) for n, t in inputs.items()]
         entry["outputs"] = [io_spec(n, t, dims.get(n, {})) for n, t in zip(outputs, example_out)]
-        max_diff = self.check(key, module, path, make_inputs)
+        max_diff = self.check(key, module, path, make_inputs, tolerance)
         self.models[key] = entry
         files = [path] + ([self.out / data_name] if external else [])
         self.report[key] = {
@@ -231,7 +232,7 @@ class Exporter:
         print(f"  {key:<16} max|ort-torch| = {max_diff:.3e}  {self.report[key]['bytes']:>12} bytes  "
               f"{self.report[key]['seconds']:.1f} s", flush=True)
 
-    def check(self, key: str, module, path: Path, make_inputs) -> float:
+    def check(self, key: str, module, path: Path, make_inputs, tolerance: float | None = None) -> float:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -249,7 +250,7 @@ class Exporter:
                 if tuple(e.shape) != g.shape:
                     raise SystemExit(f"{key}: batch {batch}: ORT shape {g.shape} != torch {tuple(e.shape)}")
                 worst = max(worst, float(np.abs(e.float().numpy() - g).max()))
-        tol = TOLERANCE["float16" if self.fp16 else "float32"]
+        tol = max(TOLERANCE["float16" if self.fp16 else "float32"], tolerance or 0.0)
         if not worst <= tol:
             raise SystemExit(f"{key}: ONNX Runtime differs from torch by {worst:.3e} > {tol:.0e}")
         return worst
@@ -386,21 +387,43 @@ def main() -> None:
               {k: batch0 for k in ["sample", "timestep", "encoder_hidden_states", "class_labels", "attention_mask",
                                    "noise_pred"]}, decoder_inputs)
 
-    # -- super-resolution 64 → 256 (first for every step but the last, last for the last)
-    sr_first = load(UNet2DModel, "super_res_first")
-    sr_size = sr_first.config.sample_size
-    sr_size = sr_size if isinstance(sr_size, int) else sr_size[0]
-    sr_in = sr_first.config.in_channels
+    # -- super-resolution: 64 → 256 (`super_res_first/last`, as Karlo), then any further stage
+    # `super_res_<size>_first/last` (e.g. the shapes model's 256 → 1024), in increasing size. Each
+    # pair is "first" for every step but the last and "last" for the last (UnCLIPPipeline.__call__).
+    upsamplers = []
+    stages = [("super_res", "super_res_scheduler")]
+    extra_sizes = sorted(int(p.name.split("_")[2]) for p in ckpt.glob("super_res_*_first")
+                         if p.name.split("_")[2].isdigit())
+    stages += [(f"super_res_{n}", f"super_res_{n}_scheduler") for n in extra_sizes]
+    sr_steps, _ = DEFAULTS["super_res"]
+    for prefix, scheduler_dir in stages:
+        first = load(UNet2DModel, f"{prefix}_first")
+        size = first.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        cin = first.config.in_channels
 
-    def sr_inputs(b):
-        return {"sample": torch.randn(b, sr_in, sr_size, sr_size),
-                "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64)}
+        def sr_inputs(b, size=size, cin=cin):
+            return {"sample": torch.randn(b, cin, size, size),
+                    "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64)}
 
-    sr_dims = {k: batch0 for k in ["sample", "timestep", "noise_pred"]}
-    ex.export("super_res_first", SuperRes(sr_first), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs)
-    del sr_first
-    sr_last = load(UNet2DModel, "super_res_last")
-    ex.export("super_res_last", SuperRes(sr_last), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs)
+        sr_dims = {k: batch0 for k in ["sample", "timestep", "noise_pred"]}
+        # GroupNorm over 1024² maps: ONNX Runtime's InstanceNormalization sums ~10⁶ values per
+        # group in a different order than torch: 2.3e-4 measured on the shapes 256 → 1024 upsampler.
+        tol = 1e-3 if size >= 512 else None
+        ex.export(f"{prefix}_first", SuperRes(first), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs, tol)
+        del first
+        last = load(UNet2DModel, f"{prefix}_last")
+        ex.export(f"{prefix}_last", SuperRes(last), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs, tol)
+        del last
+        upsamplers.append({
+            "name": f"sr{size}",
+            "first": f"{prefix}_first",
+            "last": f"{prefix}_last",
+            "scheduler": scheduler_config(ckpt, scheduler_dir),
+            "default_steps": sr_steps,
+            "sample_size": size,
+            "in_channels": cin // 2,
+        })
 
     # -- manifest
     feature = {}
@@ -414,7 +437,6 @@ def main() -> None:
     model_name = args.name or ckpt.resolve().name
     prior_steps, prior_gs = DEFAULTS["prior"]
     decoder_steps, decoder_gs = DEFAULTS["decoder"]
-    sr_steps, _ = DEFAULTS["super_res"]
     manifest = {
         "format": "unclip-bundle",
         "format_version": FORMAT_VERSION,
@@ -463,17 +485,7 @@ def main() -> None:
             "in_channels": din,
             "clip_extra_context_tokens": extra,
         },
-        "upsamplers": [
-            {
-                "name": f"sr{sr_size}",
-                "first": "super_res_first",
-                "last": "super_res_last",
-                "scheduler": scheduler_config(ckpt, "super_res_scheduler"),
-                "default_steps": sr_steps,
-                "sample_size": sr_size,
-                "in_channels": sr_in // 2,
-            }
-        ],
+        "upsamplers": upsamplers,
     }
     if manifest["image_encoder"] is None:
         del manifest["image_encoder"]
