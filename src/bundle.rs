@@ -20,6 +20,8 @@ use crate::{Error, Result};
 pub const FORMAT: &str = "unclip-bundle";
 /// The manifest version this unclip reads.
 pub const FORMAT_VERSION: u64 = 1;
+/// The manifest's file name inside a bundle directory.
+pub const MANIFEST: &str = "bundle.json";
 
 /// A dimension: fixed size or a symbolic name (`batch`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +168,7 @@ impl Bundle {
     /// [`Bundle::open`] with an explicit verification policy.
     pub fn open_with(dir: impl AsRef<Path>, verification: &Verification) -> Result<Bundle> {
         let dir = dir.as_ref().to_path_buf();
-        let manifest_path = dir.join("bundle.json");
+        let manifest_path = dir.join(MANIFEST);
         let bytes = match std::fs::read(&manifest_path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -185,7 +187,7 @@ impl Bundle {
     /// files it names (every check of [`Bundle::open`] but existence and sha256).
     pub fn from_manifest(dir: impl AsRef<Path>, bytes: &[u8]) -> Result<Bundle> {
         let dir = dir.as_ref().to_path_buf();
-        let manifest_path = dir.join("bundle.json");
+        let manifest_path = dir.join(MANIFEST);
         let manifest = parse_manifest(&manifest_path, bytes)?;
         let bundle = Bundle {
             manifest_sha256: hex(&Sha256::digest(bytes)),
@@ -221,7 +223,7 @@ impl Bundle {
             .models
             .get(key)
             .ok_or_else(|| Error::BundleInvalid {
-                path: self.dir.join("bundle.json"),
+                path: self.dir.join(MANIFEST),
                 reason: format!("stage refers to model {key:?}, which `models` does not define"),
             })
     }
@@ -365,4 +367,41 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bundles tried, in order, when no bundle is named: the trained shapes model, then (until
+/// it is committed) the random-weight test bundle.
+pub const DEFAULT_BUNDLES: &[&str] = &["models/shapes", "models/tiny"];
+
+/// The bundle to use when the caller names none, in the documented order (README "Models"):
+/// `$UNCLIP_MODEL` if set; else, for each of [`DEFAULT_BUNDLES`], the copy next to the running
+/// executable, then the one under the current directory, then the one in the source tree this
+/// unclip was built from. A directory counts when it holds a `bundle.json`.
+pub fn default_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("UNCLIP_MODEL").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let roots: Vec<PathBuf> = exe_dir
+        .into_iter()
+        .chain([
+            PathBuf::from("."),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ])
+        .collect();
+    let mut searched = Vec::new();
+    for name in DEFAULT_BUNDLES {
+        for root in &roots {
+            let dir = root.join(name);
+            if dir.join(MANIFEST).is_file() {
+                return Ok(dir);
+            }
+            searched.push(dir.display().to_string());
+        }
+    }
+    Err(Error::NoDefaultBundle {
+        searched: searched.join(", "),
+    })
 }

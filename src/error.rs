@@ -42,6 +42,11 @@ pub enum Error {
     #[error("bundle file missing: {path} (re-export the bundle with export/export_bundle.py)")]
     BundleFileMissing { path: PathBuf },
     /// `bundle.json` does not parse or breaks a rule of the format.
+    #[error(
+        "no model bundle given and no default bundle found (searched: {searched}); pass --model DIR \
+         or set UNCLIP_MODEL to a bundle directory (one written by export/export_bundle.py)"
+    )]
+    NoDefaultBundle { searched: String },
     #[error("invalid bundle manifest {path}: {reason}")]
     BundleInvalid { path: PathBuf, reason: String },
     /// The bundle was written by a newer (or unknown) exporter.

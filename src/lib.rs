@@ -25,5 +25,5 @@ pub mod vision;
 pub use bundle::Bundle;
 pub use error::{Error, Result};
 pub use noise::{NoiseSource, RngKind};
-pub use pipeline::{Generation, Pipeline, TextToImage};
+pub use pipeline::{DecoderCondition, Generation, Pipeline, TextToImage};
 pub use runtime::{Device, Runtime};

@@ -25,6 +25,52 @@ use crate::{Error, Result};
 /// Largest number of images one call makes (prompts × images per prompt).
 pub const MAX_BATCH: usize = 64;
 
+/// What the decoder is conditioned on besides the caption's tokens: the paper's §5.1 ablation
+/// ("the prior matters", DALL·E 2 figure 9), compared by `export/shapes/eval.py`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecoderCondition {
+    /// The image embedding the prior predicts from the caption (unCLIP; the default).
+    #[default]
+    Prior,
+    /// The caption's CLIP text embedding passed as if it were an image embedding (no prior).
+    TextEmbedding,
+    /// The caption alone: a zero image embedding, the decoder's own "no embedding" input (it is
+    /// trained with the embedding zeroed 10% of the time, §2.1).
+    Caption,
+}
+
+impl DecoderCondition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecoderCondition::Prior => "prior",
+            DecoderCondition::TextEmbedding => "text-embedding",
+            DecoderCondition::Caption => "caption",
+        }
+    }
+}
+
+impl std::str::FromStr for DecoderCondition {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "prior" => Ok(DecoderCondition::Prior),
+            "text-embedding" => Ok(DecoderCondition::TextEmbedding),
+            "caption" => Ok(DecoderCondition::Caption),
+            other => Err(Error::invalid(
+                "decoder condition",
+                format!("{other:?}: expected prior, text-embedding or caption"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DecoderCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A text-to-image request. Unset fields take the bundle's defaults.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TextToImage {
@@ -59,6 +105,9 @@ pub struct TextToImage {
     /// Start the decoder from these latents instead of drawing noise, `(images, 3, 64, 64)` or
     /// `(1, 3, 64, 64)` for all (a DDIM-inverted `x_T`, see [`Pipeline::vary_inverted`]).
     pub decoder_latents: Option<Array4<f32>>,
+    /// What conditions the decoder (default: the prior's embedding). Other choices skip the prior
+    /// and cannot be combined with `image_embeddings`.
+    pub decoder_condition: DecoderCondition,
 }
 
 /// The settings a run actually used (defaults resolved), for metadata and benchmarks.
@@ -71,8 +120,10 @@ pub struct ResolvedSettings {
     pub decoder_guidance_scale: f32,
     pub num_images_per_prompt: usize,
     pub classifier_free_guidance: bool,
-    /// Whether the prior ran (false with precomputed image embeddings).
+    /// Whether the prior ran (false with precomputed image embeddings or another decoder
+    /// condition).
     pub ran_prior: bool,
+    pub decoder_condition: DecoderCondition,
     /// The scheduler each stage ran.
     pub prior_scheduler: SchedulerKind,
     pub decoder_scheduler: SchedulerKind,
@@ -326,6 +377,18 @@ impl Pipeline {
                     .unwrap_or(u.default_steps)
             })
             .collect();
+        if request.image_embeddings.is_some()
+            && request.decoder_condition != DecoderCondition::Prior
+        {
+            return Err(Error::invalid(
+                "decoder condition",
+                format!(
+                    "{} replaces the image embeddings, so it cannot be combined with given \
+                     image embeddings: drop one of them",
+                    request.decoder_condition
+                ),
+            ));
+        }
         if let Some(embeddings) = &request.image_embeddings {
             let (rows, dim) = embeddings.dim();
             if dim != self.prior.embedding_dim() || !(rows == 1 || rows == request.prompts.len()) {
@@ -396,7 +459,9 @@ impl Pipeline {
             num_images_per_prompt: n,
             // diffusers: CFG runs for both stages when either scale is above 1.
             classifier_free_guidance: prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0,
-            ran_prior: request.image_embeddings.is_none(),
+            ran_prior: request.image_embeddings.is_none()
+                && request.decoder_condition == DecoderCondition::Prior,
+            decoder_condition: request.decoder_condition,
             prior_scheduler: request
                 .prior_scheduler
                 .unwrap_or_else(|| self.prior.scheduler_config().kind()),
@@ -550,6 +615,16 @@ impl Pipeline {
 
         // 2. prior (or the given embeddings)
         let image_embeddings = match &request.image_embeddings {
+            _ if request.decoder_condition == DecoderCondition::TextEmbedding => {
+                // The conditional half of the text batch: one row per prompt and image.
+                let rows = text.embeds.nrows();
+                text.embeds
+                    .slice(ndarray::s![rows - request.prompts.len() * n.., ..])
+                    .to_owned()
+            }
+            _ if request.decoder_condition == DecoderCondition::Caption => {
+                Array2::zeros((request.prompts.len() * n, self.prior.embedding_dim()))
+            }
             Some(given) => {
                 // One row per prompt, or one row for all (checked in `resolve`); then per image.
                 let rows: Vec<usize> = (0..request.prompts.len() * n)

@@ -377,3 +377,57 @@ fn ctrl_c_cancels_between_steps_and_writes_nothing() {
     // No temporary file left either.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// README "Models": --model, then $UNCLIP_MODEL, then models/shapes next to the executable
+/// (before the current directory's and the source tree's bundles).
+#[test]
+fn default_bundle_lookup_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let adjacent = bin.join("models/shapes");
+    std::fs::create_dir_all(&adjacent).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_unclip"), bin.join("unclip")).unwrap();
+    for entry in std::fs::read_dir(common::tiny_bundle()).unwrap() {
+        let path = entry.unwrap().path();
+        let target = adjacent.join(path.file_name().unwrap());
+        if path.file_name().unwrap() == "bundle.json" {
+            // Renamed, so the output shows which copy was found (the name is not checksummed).
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &target,
+                text.replacen("\"name\": \"tiny\"", "\"name\": \"adjacent\"", 1),
+            )
+            .unwrap();
+        } else {
+            std::os::unix::fs::symlink(&path, &target).unwrap();
+        }
+    }
+    let info = |env_model: Option<&str>, model: Option<&str>| {
+        let mut cmd = Command::new(bin.join("unclip"));
+        cmd.arg("info")
+            .current_dir(dir.path())
+            .env_remove("UNCLIP_MODEL");
+        if let Some(m) = env_model {
+            cmd.env("UNCLIP_MODEL", m);
+        }
+        if let Some(m) = model {
+            cmd.args(["--model", m]);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let first = text.lines().next().unwrap_or_default().to_string();
+        (out.status.success(), first)
+    };
+    let (ok, line) = info(None, None);
+    assert!(ok && line.starts_with("bundle   adjacent"), "{line}");
+    let (ok, line) = info(Some(model_str()), None);
+    assert!(ok && line.starts_with("bundle   tiny"), "{line}");
+    let (ok, line) = info(Some("/nonexistent/bundle"), Some(model_str()));
+    assert!(ok && line.starts_with("bundle   tiny"), "{line}");
+    let (ok, line) = info(Some("/nonexistent/bundle"), None);
+    assert!(
+        !ok && line.contains("/nonexistent/bundle/bundle.json"),
+        "{line}"
+    );
+}

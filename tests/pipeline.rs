@@ -107,6 +107,78 @@ fn precomputed_embedding_reproduces_the_run_that_saved_it() {
     assert_eq!(first.images[0].as_raw(), second.images[0].as_raw());
 }
 
+/// DALL·E 2 §5.1's ablation: the decoder conditioned on the caption's text embedding, or on the
+/// caption alone (zero embedding), is exactly the run given those embeddings, without the prior.
+#[test]
+fn decoder_condition_ablations_replace_the_prior_embedding() {
+    use unclip::DecoderCondition;
+    let mut request = small("a red circle");
+    request.prompts.push("a blue star".into());
+    request.num_images_per_prompt = Some(2);
+    let text = pipeline()
+        .text_embeddings(&["a red circle", "a blue star"])
+        .unwrap();
+    for condition in [DecoderCondition::TextEmbedding, DecoderCondition::Caption] {
+        let mut ablated = request.clone();
+        ablated.decoder_condition = condition;
+        let out = pipeline()
+            .generate(&ablated, &mut FastNoise::new(5), &mut no_observer())
+            .unwrap();
+        assert!(!out.settings.ran_prior);
+        assert_eq!(out.settings.decoder_condition, condition);
+        let expected = match condition {
+            DecoderCondition::TextEmbedding => text.select(ndarray::Axis(0), &[0, 0, 1, 1]),
+            _ => Array2::zeros((4, text.ncols())),
+        };
+        assert_eq!(out.image_embeddings, expected, "{condition}");
+        let mut given = request.clone();
+        given.image_embeddings = Some(match condition {
+            DecoderCondition::TextEmbedding => text.clone(),
+            _ => Array2::zeros((1, text.ncols())),
+        });
+        let reference = pipeline()
+            .generate(&given, &mut FastNoise::new(5), &mut no_observer())
+            .unwrap();
+        for (a, b) in out.images.iter().zip(&reference.images) {
+            assert_eq!(a.as_raw(), b.as_raw(), "{condition}");
+        }
+        // …and differs from the prior-conditioned run.
+        let prior = pipeline()
+            .generate(&request, &mut FastNoise::new(5), &mut no_observer())
+            .unwrap();
+        assert_ne!(prior.image_embeddings, out.image_embeddings);
+        // A second source of embeddings is refused.
+        let err = pipeline()
+            .generate(
+                &given_with(&ablated, &text),
+                &mut FastNoise::new(5),
+                &mut no_observer(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    name: "decoder condition",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        "text-embedding".parse::<DecoderCondition>().unwrap(),
+        DecoderCondition::TextEmbedding
+    );
+    assert!("clip".parse::<DecoderCondition>().is_err());
+}
+
+fn given_with(request: &TextToImage, embeddings: &Array2<f32>) -> TextToImage {
+    let mut request = request.clone();
+    request.image_embeddings = Some(embeddings.clone());
+    request
+}
+
 #[test]
 fn negative_prompt_changes_the_unconditional_branch() {
     let mut with_negative = small("a star");

@@ -50,9 +50,9 @@ fn status_of(error: &Error) -> unclip_status {
         | Error::UnknownDevice(_)
         | Error::Tokenizer(_) => unclip_status::UNCLIP_INVALID_ARGUMENT,
         Error::Cancelled => unclip_status::UNCLIP_CANCELLED,
-        Error::OrtNotFound { .. } | Error::BundleFileMissing { .. } => {
-            unclip_status::UNCLIP_NOT_FOUND
-        }
+        Error::OrtNotFound { .. }
+        | Error::BundleFileMissing { .. }
+        | Error::NoDefaultBundle { .. } => unclip_status::UNCLIP_NOT_FOUND,
         Error::BundleInvalid { .. }
         | Error::BundleVersion { .. }
         | Error::BundlePathEscape { .. }

@@ -52,7 +52,7 @@ enum Command {
     Serve(ServeArgs),
     /// Print a bundle's stages, shapes and defaults.
     Info {
-        /// Bundle directory (default: $UNCLIP_MODEL or the default bundle).
+        /// Bundle directory (default: $UNCLIP_MODEL, else models/shapes; README "Models").
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -60,7 +60,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct RuntimeArgs {
-    /// Bundle directory (default: $UNCLIP_MODEL or the default bundle, models/tiny).
+    /// Bundle directory (default: $UNCLIP_MODEL, else models/shapes next to the executable, in the
+    /// current directory or in the source tree; README "Models").
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda[:N] or tensorrt[:N].
@@ -133,6 +134,11 @@ struct SamplingArgs {
     /// stages are skipped. Default: the largest.
     #[arg(long)]
     size: Option<usize>,
+    /// What conditions the decoder (DALL·E 2 §5.1 ablation): prior (the prior's image
+    /// embedding), text-embedding (the caption's CLIP text embedding in its place) or caption
+    /// (a zero image embedding: the caption's tokens alone).
+    #[arg(long, default_value = "prior")]
+    decoder_condition: unclip::DecoderCondition,
 }
 
 #[derive(Args)]
@@ -295,18 +301,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The bundle used when --model is not given.
-fn default_model() -> PathBuf {
-    if let Some(dir) = std::env::var_os("UNCLIP_MODEL") {
-        return PathBuf::from(dir);
-    }
-    let local = PathBuf::from("models/tiny");
-    if local.join("bundle.json").exists() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
-
 fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
     let device: Device = args.device.parse()?;
     let mut builder = Runtime::builder().device(device).tensorrt(TensorRtOptions {
@@ -327,7 +321,10 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
 }
 
 fn load(args: &RuntimeArgs) -> Result<Pipeline> {
-    let model = args.model.clone().unwrap_or_else(default_model);
+    let model = match &args.model {
+        Some(dir) => dir.clone(),
+        None => unclip::bundle::default_dir()?,
+    };
     let runtime = runtime(args)?;
     let verification = unclip::verify::Verification::new(args.verify);
     Bundle::open_with(&model, &verification)
@@ -362,6 +359,7 @@ fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> {
         eta: args.eta,
         output_size: args.size,
         decoder_latents: None,
+        decoder_condition: args.decoder_condition,
     })
 }
 
@@ -520,6 +518,9 @@ fn metadata(
     }
     if let Some(path) = &args.image_embedding {
         meta.push(("image_embedding".into(), path.display().to_string()));
+    }
+    if s.decoder_condition != unclip::DecoderCondition::Prior {
+        meta.push(("decoder_condition".into(), s.decoder_condition.to_string()));
     }
     meta
 }
@@ -826,7 +827,10 @@ fn shape_string(shape: &[Dim]) -> String {
 }
 
 fn info(model: Option<PathBuf>) -> Result<()> {
-    let dir = model.unwrap_or_else(default_model);
+    let dir = match model {
+        Some(dir) => dir,
+        None => unclip::bundle::default_dir()?,
+    };
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let m = &bundle.manifest;
     println!("bundle   {} ({})", m.name, dir.display());
