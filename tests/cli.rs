@@ -243,7 +243,19 @@ fn errors_are_one_line_with_nonzero_exit() {
                 "--sr-steps".into(),
                 "2".into(),
             ],
-            "/nonexistent/dir/x.png",
+            // Checked before any model runs.
+            "cannot write /nonexistent/dir/x.png: directory /nonexistent/dir does not exist",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "x".into(),
+                "--model".into(),
+                model(),
+                "-o".into(),
+                tmp.path().display().to_string(),
+            ],
+            "it is a directory",
         ),
     ];
     for (args, needle) in cases {

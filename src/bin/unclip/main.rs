@@ -295,7 +295,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -427,6 +427,53 @@ impl Bars {
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the line already holds
+/// (library errors spell out their I/O cause in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Fails before any model runs when `out` cannot be written: its directory must exist and take
+/// a new file (outputs are written atomically there: temporary file, then rename).
+fn check_output(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist (create it first)",
+            out.display(),
+            dir.display()
+        );
+    }
+    if out.is_dir() {
+        bail!(
+            "cannot write {}: it is a directory; give a file name such as out.png",
+            out.display()
+        );
+    }
+    let probe = dir.join(format!(".unclip-write-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!("cannot write {}: {e}", out.display()),
+    }
+}
+
 fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
         return vec![out.to_path_buf()];
@@ -526,6 +573,7 @@ fn metadata(
 }
 
 fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
+    check_output(&args.out)?;
     let pipeline = load(&args.runtime)?;
     let request = request(&args.sampling, args.dump.is_some())?;
     let seed = args.sampling.seed.unwrap_or_else(random_seed);
@@ -558,6 +606,7 @@ fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
 }
 
 fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
+    check_output(&args.out)?;
     let pipeline = load(&args.runtime)?;
     let limits = unclip::vision::ImageLimits::default();
     let images = args
