@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--prior-guidance-scale", type=float, default=4.0)
     ap.add_argument("--decoder-guidance-scale", type=float, default=8.0)
     ap.add_argument("--unclip", default=str(REPO / "target" / "release" / "unclip"))
+    ap.add_argument("--unclip-flag", action="append", default=[],
+                    help="extra flag for unclip generate, e.g. --unclip-flag=--size=256 for a bundle with a "
+                         "second upsampler that diffusers' UnCLIPPipeline does not run")
     args = ap.parse_args()
     prompts = args.prompt or ["a purple star at the right on an orange background"]
     spec = dict(prompt=prompts if len(prompts) > 1 else prompts[0], seed=args.seed,
@@ -55,7 +58,7 @@ def main() -> None:
                "--decoder-steps", str(args.decoder_steps), "--sr-steps", str(args.sr_steps),
                "--prior-guidance-scale", str(args.prior_guidance_scale),
                "--decoder-guidance-scale", str(args.decoder_guidance_scale),
-               "-o", str(tmp / "unclip.png"), "--dump", str(tmp / "unclip")]
+               "-o", str(tmp / "unclip.png"), "--dump", str(tmp / "unclip"), *args.unclip_flag]
         subprocess.run(cmd, check=True)
         ok = True
         for ref in sorted((tmp / "diffusers").glob("*.npy")):
