@@ -8,13 +8,14 @@ SECONDS_PER_TARGET=${1:-1800}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(bundle_manifest prompt_tokens image_decode npy_embeddings server_params)
+  TARGETS=(bundle_manifest prompt_tokens image_decode npy_embeddings server_params server_multipart capi_params)
 fi
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz's sanitizer flags on the stable toolchain
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"
   log="$(mktemp)"
-  if cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$SECONDS_PER_TARGET" \
+  mkdir -p "seeds/$t"
+  if cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$SECONDS_PER_TARGET" \
       -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
     status=ok
   else

@@ -603,12 +603,8 @@ async fn embed_uploads(
     })
 }
 
-/// `POST /v1/images/variations` (multipart: `image`, `n`, `size`, `response_format`, …).
-pub async fn variations(
-    State(state): State<Arc<AppState>>,
-    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let form = form.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+/// The variations form: exactly one `image` upload and the Images API parameters (no prompt).
+async fn variation_form(form: Multipart) -> Result<(Vec<Vec<u8>>, ImageParams), ApiError> {
     let (uploads, fields) = read_form(form).await?;
     if uploads.len() != 1 {
         return Err(ApiError::bad_request(
@@ -624,6 +620,39 @@ pub async fn variations(
             "variations take no prompt (the image is the condition)",
         ));
     }
+    Ok((uploads, params))
+}
+
+/// A variations request body as the server reads it before any model runs (multipart framing,
+/// fields, parameters): the `server_multipart` fuzz target's entry point.
+#[doc(hidden)]
+pub fn parse_variation_body(
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(Vec<Vec<u8>>, ImageParams), ApiError> {
+    use axum::extract::FromRequest;
+    let request = axum::http::Request::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| ApiError::bad_request(None, e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    runtime.block_on(async {
+        let form = Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+        variation_form(form).await
+    })
+}
+
+/// `POST /v1/images/variations` (multipart: `image`, `n`, `size`, `response_format`, …).
+pub async fn variations(
+    State(state): State<Arc<AppState>>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let form = form.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let (uploads, params) = variation_form(form).await?;
     tracing::debug!(
         user = params.user.as_deref(),
         n = params.n,

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::vision::ImageLimits;
 use crate::Pipeline;
 
-pub use api::{ApiError, EmbeddingRequest, ImageParams};
+pub use api::{parse_variation_body, ApiError, EmbeddingRequest, ImageParams};
 
 /// Server settings (`unclip serve` flags).
 #[derive(Clone, Debug)]
