@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     base: String,
+    /// What the server printed before its address.
+    banner: Vec<String>,
 }
 
 impl Server {
@@ -29,16 +31,25 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("http://") {
-                    let url: String = line[at..].split_whitespace().next().unwrap().into();
-                    let _ = tx.send(url);
-                }
+                let _ = tx.send(line);
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server printed its address within 60 s");
-        Server { child, base }
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server printed its address within 60 s");
+            if let Some(at) = line.find("http://") {
+                break line[at..].split_whitespace().next().unwrap().to_string();
+            }
+            banner.push(line);
+        };
+        Server {
+            child,
+            base,
+            banner,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -590,5 +601,77 @@ fn library_cli_threads_and_server_agree() {
     assert!(
         served == library,
         "the server's image differs from the library's"
+    );
+}
+
+/// `--memory-budget-mib`: the cost is measured at start; a request needing more than the budget
+/// is refused with 400 naming the largest `n` that fits, one that fits runs; a budget below one
+/// image refuses to start.
+#[test]
+fn memory_budget_refuses_what_would_not_fit() {
+    let server = Server::start(&["--memory-budget-mib", "1000"]);
+    let line = server
+        .banner
+        .iter()
+        .find(|l| l.starts_with("memory budget 1000 MiB"))
+        .unwrap_or_else(|| panic!("no memory line in {:?}", server.banner));
+    let max: usize = line
+        .split("at most ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        (1..10).contains(&max),
+        "{line}: pick a budget that fits 1 to 9 images"
+    );
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let mut body = fast("a red circle", 1);
+        body["n"] = (max + 1).into();
+        let response = client
+            .post(server.url("/v1/images/generations"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let error: serde_json::Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("memory budget of 1000 MiB"), "{message}");
+        assert!(
+            message.contains(&format!("at most {max} images")),
+            "{message}"
+        );
+        assert_eq!(error["error"]["param"], "n");
+        body["n"] = max.into();
+        let response = client
+            .post(server.url("/v1/images/generations"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let images: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(images["data"].as_array().unwrap().len(), max);
+    });
+    drop(server);
+    let out = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--memory-budget-mib",
+            "10",
+            "--model",
+        ])
+        .arg(common::tiny_bundle())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("memory budget of 10 MiB is below what one image needs"),
+        "{stderr}"
     );
 }

@@ -239,6 +239,19 @@ fn prepare(
             format!("n = {n}: ask for 1 to {} images", state.config.max_images),
         ));
     }
+    if let (Some((model, max_images)), Some(budget)) = (&state.memory, state.config.memory_budget) {
+        if n > *max_images {
+            return Err(ApiError::bad_request(
+                Some("n"),
+                format!(
+                    "n = {n} needs about {} MiB, over this server's memory budget of {} MiB: \
+                     ask for at most {max_images} images",
+                    model.estimate(n) >> 20,
+                    budget >> 20
+                ),
+            ));
+        }
+    }
     match params.quality.as_deref() {
         None | Some("standard") | Some("auto") => {}
         Some(other) => {

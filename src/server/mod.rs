@@ -12,6 +12,7 @@
 //!   `n`; an optional API key is compared in constant time; nothing in a request names a file.
 
 mod api;
+pub mod memory;
 pub mod metrics;
 pub mod worker;
 
@@ -57,6 +58,12 @@ pub struct ServerConfig {
     pub image_limits: ImageLimits,
     /// After SIGTERM/SIGINT, how long accepted work may take before the server exits.
     pub shutdown_grace: Duration,
+    /// Peak resident bytes the process may reach: requests that would need more are refused and
+    /// batches stay within it ([`memory::MemoryModel`], measured at start). `None`: no budget.
+    pub memory_budget: Option<u64>,
+    /// The cost model the budget is applied with; measured at start when `None`
+    /// ([`memory::MemoryModel::calibrate`]).
+    pub memory_model: Option<memory::MemoryModel>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +79,8 @@ impl Default for ServerConfig {
             max_images: 10,
             image_limits: ImageLimits::default(),
             shutdown_grace: Duration::from_secs(30),
+            memory_budget: None,
+            memory_model: None,
         }
     }
 }
@@ -85,6 +94,8 @@ pub(crate) struct AppState {
     pub waiting: Arc<AtomicUsize>,
     pub metrics: Arc<metrics::Metrics>,
     pub shutting_down: AtomicBool,
+    /// The measured cost model and the most images per run, when a memory budget is set.
+    pub memory: Option<(memory::MemoryModel, usize)>,
     key_digest: Option<[u8; 32]>,
 }
 
@@ -94,6 +105,31 @@ pub fn router(
     pipeline: Arc<Pipeline>,
     config: ServerConfig,
 ) -> std::io::Result<(Router, Arc<AppStateHandle>)> {
+    let memory = match config.memory_budget {
+        None => None,
+        Some(budget) => {
+            let model = match config.memory_model {
+                Some(model) => model,
+                None => memory::MemoryModel::calibrate(&pipeline).map_err(std::io::Error::other)?,
+            };
+            let max_images = model.max_images(budget);
+            tracing::info!(
+                base_mib = model.base_bytes >> 20,
+                per_image_mib = model.per_image_bytes >> 20,
+                max_images,
+                "memory budget calibrated"
+            );
+            if max_images == 0 {
+                return Err(std::io::Error::other(format!(
+                    "memory budget of {} MiB is below what one image needs ({} MiB measured): \
+                     raise --memory-budget-mib",
+                    budget >> 20,
+                    model.estimate(1) >> 20
+                )));
+            }
+            Some((model, max_images))
+        }
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     // Admission is counted, not left to the channel: the worker moves jobs it cannot batch yet
     // out of the channel, so the channel's capacity alone would not bound the waiting jobs.
@@ -104,9 +140,10 @@ pub fn router(
         let metrics = metrics.clone();
         let waiting = waiting.clone();
         let max_batch = config.max_batch.max(1);
+        let max_images = memory.map_or(usize::MAX, |(_, m)| m);
         std::thread::Builder::new()
             .name("unclip-worker".into())
-            .spawn(move || worker::run(pipeline, rx, max_batch, waiting, metrics))?;
+            .spawn(move || worker::run(pipeline, rx, max_batch, max_images, waiting, metrics))?;
     }
     let key_digest = config
         .api_key
@@ -119,6 +156,7 @@ pub fn router(
         waiting,
         metrics,
         shutting_down: AtomicBool::new(false),
+        memory,
         key_digest,
     });
     let v1 = Router::new()

@@ -45,6 +45,7 @@ pub fn run(
     pipeline: Arc<Pipeline>,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    max_images: usize,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
@@ -59,10 +60,11 @@ pub fn run(
         };
         let mut batch = vec![first];
         let mut images: usize = batch[0].n;
-        // Compatible jobs already waiting join the batch, up to max_batch jobs and MAX_BATCH images.
+        // Compatible jobs already waiting join the batch, up to max_batch jobs and MAX_BATCH images
+        // (fewer under a memory budget: max_images).
         let mut skipped = VecDeque::new();
         while let Some(job) = pending.pop_front() {
-            if fits(&batch, &job, images, max_batch) {
+            if fits(&batch, &job, images, max_batch, max_images) {
                 images += job.n;
                 batch.push(job);
             } else {
@@ -70,7 +72,7 @@ pub fn run(
             }
         }
         while let Ok(job) = rx.try_recv() {
-            if fits(&batch, &job, images, max_batch) {
+            if fits(&batch, &job, images, max_batch, max_images) {
                 images += job.n;
                 batch.push(job);
             } else {
@@ -87,8 +89,10 @@ pub fn run(
     }
 }
 
-fn fits(batch: &[Job], job: &Job, images: usize, max_batch: usize) -> bool {
-    batch.len() < max_batch && images + job.n <= MAX_BATCH && job.key == batch[0].key
+fn fits(batch: &[Job], job: &Job, images: usize, max_batch: usize, max_images: usize) -> bool {
+    batch.len() < max_batch
+        && images + job.n <= MAX_BATCH.min(max_images)
+        && job.key == batch[0].key
 }
 
 fn run_batch(pipeline: &Pipeline, batch: Vec<Job>, metrics: &Metrics) {

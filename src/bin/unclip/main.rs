@@ -235,6 +235,10 @@ struct ServeArgs {
     /// Seconds to finish accepted work after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    /// Peak resident memory the server may reach, in MiB: measured at start (two one-step runs),
+    /// then requests that would exceed it get 400 and batches stay within it. Default: no budget.
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
 }
 
 #[derive(Args)]
@@ -702,10 +706,25 @@ fn serve(args: ServeArgs, quiet: bool) -> Result<()> {
         api_key: args.api_key.filter(|k| !k.is_empty()),
         max_body_bytes: args.max_body_mib << 20,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        memory_budget: args.memory_budget_mib.map(|m| m.saturating_mul(1 << 20)),
         ..Default::default()
     };
     if config.max_queue == 0 || config.max_batch == 0 {
         bail!("--max-queue and --max-batch must be at least 1");
+    }
+    let mut config = config;
+    if let Some(budget) = config.memory_budget {
+        let model = unclip::server::memory::MemoryModel::calibrate(&pipeline)?;
+        if !quiet {
+            eprintln!(
+                "memory budget {} MiB: {} MiB + {} MiB per image measured, at most {} images per run",
+                budget >> 20,
+                model.base_bytes >> 20,
+                model.per_image_bytes >> 20,
+                model.max_images(budget)
+            );
+        }
+        config.memory_model = Some(model);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
