@@ -39,7 +39,7 @@ typedef enum unclip_status {
     UNCLIP_OK = 0,
     UNCLIP_INVALID_ARGUMENT = 1,     /* NULL pointer, bad struct_size, zero size, bad UTF-8, unknown enum */
     UNCLIP_CANCELLED = 2,            /* the progress callback returned non-zero */
-    UNCLIP_NOT_FOUND = 3,            /* ONNX Runtime library or a bundle file missing */
+    UNCLIP_NOT_FOUND = 3,            /* ONNX Runtime library missing or not loadable, or a bundle missing */
     UNCLIP_BUNDLE_INVALID = 4,       /* bad bundle.json, checksum, or ONNX signature */
     UNCLIP_PROVIDER_UNAVAILABLE = 5, /* requested device not available in this ONNX Runtime */
     UNCLIP_RUNTIME_ERROR = 6,        /* ONNX Runtime failed while running */

@@ -47,7 +47,7 @@ pub enum Error {
          or set UNCLIP_MODEL to a bundle directory (one written by export/export_bundle.py)"
     )]
     NoDefaultBundle { searched: String },
-    #[error("invalid bundle manifest {path}: {reason}")]
+    #[error("invalid bundle file {path}: {reason}")]
     BundleInvalid { path: PathBuf, reason: String },
     /// The bundle was written by a newer (or unknown) exporter.
     #[error("unsupported bundle format_version {found} in {path}: this unclip reads version {supported}; upgrade unclip or re-export the bundle")]

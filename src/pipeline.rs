@@ -392,11 +392,14 @@ impl Pipeline {
         if let Some(embeddings) = &request.image_embeddings {
             let (rows, dim) = embeddings.dim();
             if dim != self.prior.embedding_dim() || !(rows == 1 || rows == request.prompts.len()) {
+                let rows_ok = match request.prompts.len() {
+                    1 => "1".to_string(),
+                    n => format!("1 or {n}"),
+                };
                 return Err(Error::Shape {
                     what: "image embeddings".into(),
                     expected: format!(
-                        "(1 or {}, {})",
-                        request.prompts.len(),
+                        "({rows_ok}, {}) (one row for all prompts or one per prompt)",
                         self.prior.embedding_dim()
                     ),
                     found: vec![rows, dim],
@@ -481,6 +484,23 @@ impl Pipeline {
             upsamplers,
             output_size: sizes[upsamplers],
         };
+        // DDIMInverse runs from image to noise (Pipeline::invert_images); a generation cannot.
+        let inverse = std::iter::once(("prior scheduler", settings.prior_scheduler))
+            .filter(|_| settings.ran_prior)
+            .chain([("decoder scheduler", settings.decoder_scheduler)])
+            .chain(
+                settings.super_res_scheduler[..upsamplers]
+                    .iter()
+                    .map(|&k| ("super-resolution scheduler", k)),
+            )
+            .find(|(_, kind)| *kind == SchedulerKind::DdimInverse);
+        if let Some((name, _)) = inverse {
+            return Err(Error::invalid(
+                name,
+                "ddim-inverse runs from an image to noise (inversion), it cannot generate: \
+                 choose unclip, ddim or dpm++",
+            ));
+        }
         // Every stage's scheduler is built once here, so a bad combination (η without DDIM, a
         // step count a solver cannot space) fails before any model runs.
         let mut uses_ddim = false;
@@ -503,8 +523,8 @@ impl Pipeline {
             return Err(Error::invalid(
                 "eta",
                 format!(
-                    "{eta} given, but no stage runs DDIM: choose ddim for a stage \
-                     (e.g. --decoder-scheduler ddim)"
+                    "{eta} given, but η applies only to DDIM and no stage runs it: set a \
+                     stage's scheduler to ddim (e.g. the decoder's) or leave eta at 0"
                 ),
             ));
         }

@@ -32,10 +32,13 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Loads `tokenizer.json` and applies the bundle's pad token and max length.
     pub fn from_file(path: &Path, max_length: usize, pad_token: &str, pad_id: u32) -> Result<Self> {
-        let plain = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let mut tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // An unreadable tokenizer.json is a broken bundle, not bad input.
+        let unreadable = |e: tokenizers::Error| Error::BundleInvalid {
+            path: path.to_path_buf(),
+            reason: format!("not a Hugging Face tokenizers file ({e}); re-export the bundle"),
+        };
+        let plain = Tokenizer::from_file(path).map_err(unreadable)?;
+        let mut tokenizer = Tokenizer::from_file(path).map_err(unreadable)?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,

@@ -51,6 +51,7 @@ fn status_of(error: &Error) -> unclip_status {
         | Error::Tokenizer(_) => unclip_status::UNCLIP_INVALID_ARGUMENT,
         Error::Cancelled => unclip_status::UNCLIP_CANCELLED,
         Error::OrtNotFound { .. }
+        | Error::OrtLoad { .. }
         | Error::BundleFileMissing { .. }
         | Error::NoDefaultBundle { .. } => unclip_status::UNCLIP_NOT_FOUND,
         Error::BundleInvalid { .. }
@@ -59,9 +60,7 @@ fn status_of(error: &Error) -> unclip_status {
         | Error::ChecksumMismatch { .. }
         | Error::ModelSignature { .. }
         | Error::ModelLoad { .. } => unclip_status::UNCLIP_BUNDLE_INVALID,
-        Error::ProviderUnavailable { .. } | Error::OrtLoad { .. } => {
-            unclip_status::UNCLIP_PROVIDER_UNAVAILABLE
-        }
+        Error::ProviderUnavailable { .. } => unclip_status::UNCLIP_PROVIDER_UNAVAILABLE,
         Error::Io { .. } | Error::Npy { .. } | Error::Image { .. } => {
             unclip_status::UNCLIP_IO_ERROR
         }

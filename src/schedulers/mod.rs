@@ -492,7 +492,7 @@ impl SchedulerConfig {
             other => Err(Error::invalid(
                 "eta",
                 format!(
-                    "{eta} given, but {} has no η: only DDIMScheduler (--scheduler ddim) takes it",
+                    "{eta} given, but {} has no η: only DDIMScheduler (ddim) takes it",
                     other.class_name()
                 ),
             )),

@@ -664,7 +664,16 @@ pub async fn variations(
     State(state): State<Arc<AppState>>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let form = form.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let form = form.map_err(|e| {
+        ApiError::bad_request(
+            None,
+            format!(
+                "{}: this endpoint takes a multipart/form-data body (an `image` file and form \
+                 fields), not JSON",
+                e.body_text()
+            ),
+        )
+    })?;
     let (uploads, params) = variation_form(form).await?;
     tracing::debug!(
         user = params.user.as_deref(),
