@@ -2,9 +2,12 @@
 # Trains every shapes component and assembles the checkpoint, in two lanes that run side by side
 # (one torch thread each by default: on this 2-core machine two 1-thread processes use the cores
 # better than one 2-thread process, and a 2-thread process collapses when anything else runs):
-#   lane A: CLIP → embed_scenes → prior → decoder      lane B: super-res 64→256 → 256→1024
+#   lane A: CLIP → embed_scenes → decoder      lane B: super-res 64→256 → 256→1024 → prior
+# (the decoder needs only CLIP's image embeddings, not the prior, so it starts as soon as the scenes
+# are embedded; the prior, 4× cheaper, waits for them in lane B after the upsamplers).
 # Every step resumes where it stopped, so running this again continues an interrupted training.
 #   export/shapes/train_all.sh [THREADS_PER_LANE] [PYTHON]
+# DECODER_MINUTES=N stops the decoder after N minutes of this invocation (it saves and resumes).
 # Logs: export/shapes/runs/<run>/train.log (and lane-a.log / lane-b.log for the whole lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,17 +24,25 @@ lane_a() {
 b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit(a != b)" 2>/dev/null; then
     "$PY" $S/embed_scenes.py --threads "$THREADS"
   fi
-  "$PY" $S/train_prior.py --threads "$THREADS"
-  "$PY" $S/train_decoder.py --threads "$THREADS"
+  touch "$READY"
+  "$PY" $S/train_decoder.py --threads "$THREADS" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 }
 
 lane_b() {
   "$PY" $S/train_superres.py --config superres_256 --threads "$THREADS"
   "$PY" $S/train_superres.py --config superres_1024 --threads "$THREADS"
+  while [ ! -f "$READY" ]; do
+    kill -0 "$LANE_A" 2>/dev/null || { echo "lane A stopped before the scenes were embedded"; return 1; }
+    sleep 10
+  done
+  "$PY" $S/train_prior.py --threads "$THREADS"
 }
 
+READY="$RUNS/.scenes-ready.$$"
+trap 'rm -f "$READY"' EXIT
 lane_a > "$RUNS/lane-a.log" 2>&1 &
 a=$!
+LANE_A=$a
 lane_b > "$RUNS/lane-b.log" 2>&1 &
 b=$!
 status=0
