@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 2u
+#define UNCLIP_ABI_VERSION 3u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -50,8 +50,18 @@ typedef enum unclip_status {
 typedef enum unclip_device {
     UNCLIP_DEVICE_CPU = 0,     /* exact mode: same tensors as diffusers */
     UNCLIP_DEVICE_CUDA = 1,    /* needs onnxruntime-gpu 1.31 (CUDA 13, cuDNN 9) */
-    UNCLIP_DEVICE_TENSORRT = 2 /* needs onnxruntime-gpu 1.31 and TensorRT 10 */
+    UNCLIP_DEVICE_TENSORRT = 2, /* needs onnxruntime-gpu 1.31 and TensorRT 10 */
+    UNCLIP_DEVICE_OPENVINO = 3  /* ABI 3: Intel CPU/GPU/NPU through the OpenVINO plugin EP
+                                   (scripts/setup-ort --openvino); openvino_device picks one */
 } unclip_device;
+
+/** Numeric precision (ABI 3). The bundle stays fp32; the execution provider lowers it. */
+typedef enum unclip_precision {
+    UNCLIP_PRECISION_F32 = 0,  /* exact mode, every device */
+    UNCLIP_PRECISION_BF16 = 1, /* OpenVINO CPU (fast on AMX / AVX-512-BF16) */
+    UNCLIP_PRECISION_FP16 = 2, /* TensorRT, OpenVINO GPU/NPU */
+    UNCLIP_PRECISION_AUTO = 3  /* the fastest the device has */
+} unclip_precision;
 
 typedef enum unclip_rng {
     UNCLIP_RNG_FAST = 0, /* counter-based, identical on every platform */
@@ -102,6 +112,13 @@ typedef struct unclip_runtime_params {
     int32_t tensorrt_fp16;                /* non-zero: fp16 TensorRT engines */
     const char *tensorrt_cache_dir;       /* NULL: no engine/timing cache */
     uint64_t tensorrt_max_workspace_size; /* bytes; 0 = TensorRT's default */
+    /* ABI 3 (appended): a host built against ABI 2 passes the smaller struct_size and gets the
+     * defaults; check unclip_abi_version() >= 3 before relying on these. */
+    int32_t precision;                    /* unclip_precision; default F32 (UNCLIP_INVALID_ARGUMENT
+                                             when the device cannot run it) */
+    const char *openvino_device;          /* "CPU", "GPU", "GPU.1", "NPU"; NULL: "CPU" */
+    const char *openvino_cache_dir;       /* compiled-model cache; NULL: none */
+    const char *openvino_plugin_path;     /* NULL: UNCLIP_OPENVINO_PLUGIN, then .ort/openvino beside ORT */
 } unclip_runtime_params;
 
 typedef struct unclip_generate_params {

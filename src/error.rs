@@ -34,7 +34,7 @@ pub enum Error {
         fix: String,
     },
     /// A `--device` string that does not parse.
-    #[error("unknown device {0:?}: expected cpu, cuda[:N] or tensorrt[:N] (N = GPU index)")]
+    #[error("unknown device {0:?}: expected cpu, cuda[:N], tensorrt[:N] (N = GPU index) or openvino[:CPU|GPU[.N]|NPU]")]
     UnknownDevice(String),
 
     // ---- bundles --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! ABI 2 of the C interface, through the exported functions: the appended scheduler, η and size
-//! fields, and hosts built against ABI 1 (shorter `unclip_generate_params`) still served.
+//! ABI 2 and 3 of the C interface, through the exported functions: the appended scheduler, η and
+//! size fields (ABI 2), precision and OpenVINO fields (ABI 3), and hosts built against older ABIs
+//! (shorter params structs) still served.
 
 mod common;
 
@@ -41,7 +42,7 @@ unsafe fn generate(
 #[test]
 fn schedulers_eta_size_and_abi1_hosts() {
     unsafe {
-        assert_eq!(unclip_abi_version(), 2);
+        assert_eq!(unclip_abi_version(), 3);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
         let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
@@ -132,5 +133,80 @@ fn schedulers_eta_size_and_abi1_hosts() {
         }
         unclip_pipeline_free(pipeline);
         unclip_runtime_free(runtime);
+    }
+}
+
+/// `unclip_runtime_create` with `params`: the status and the last error message.
+unsafe fn create(params: &unclip_runtime_params) -> (unclip_status, String) {
+    let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
+    let status = unclip_runtime_create(params, &mut runtime);
+    let message = std::ffi::CStr::from_ptr(unclip_last_error_message())
+        .to_string_lossy()
+        .into_owned();
+    unclip_runtime_free(runtime);
+    (status, message)
+}
+
+#[test]
+fn abi3_precision_and_openvino_fields() {
+    unsafe {
+        let mut rp = std::mem::zeroed::<unclip_runtime_params>();
+        unclip_runtime_params_init(&mut rp);
+        assert_eq!(rp.precision, 0);
+        assert!(rp.openvino_device.is_null());
+        assert_eq!(create(&rp).0, unclip_status::UNCLIP_OK);
+
+        // An ABI 2 host: the fields after tensorrt_max_workspace_size are never read.
+        let mut old = rp;
+        old.struct_size = RUNTIME_PARAMS_V2_SIZE;
+        old.precision = 77;
+        old.device = 0;
+        assert_eq!(create(&old).0, unclip_status::UNCLIP_OK);
+        old.struct_size = RUNTIME_PARAMS_V2_SIZE - 8;
+        let (status, message) = create(&old);
+        assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
+        assert!(message.contains("struct_size"), "{message}");
+
+        // Precision is checked against the device; auto on the CPU provider is f32.
+        for (precision, status, says) in [
+            (3, unclip_status::UNCLIP_OK, ""),
+            (
+                1,
+                unclip_status::UNCLIP_INVALID_ARGUMENT,
+                "--device openvino",
+            ),
+            (
+                9,
+                unclip_status::UNCLIP_INVALID_ARGUMENT,
+                "9 is not a unclip_precision",
+            ),
+        ] {
+            let (got, message) = create(&unclip_runtime_params { precision, ..rp });
+            assert_eq!(got, status, "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+
+        // OpenVINO: a plugin that is not there, and a device name OpenVINO does not have.
+        let missing =
+            CString::new("/nonexistent/libonnxruntime_providers_openvino_plugin.so").unwrap();
+        let (status, message) = create(&unclip_runtime_params {
+            device: 3,
+            openvino_plugin_path: missing.as_ptr(),
+            ..rp
+        });
+        assert_eq!(status, unclip_status::UNCLIP_PROVIDER_UNAVAILABLE);
+        assert!(
+            message.contains("no plugin library at /nonexistent/")
+                && message.contains("scripts/setup-ort --openvino"),
+            "{message}"
+        );
+        let tpu = CString::new("TPU").unwrap();
+        let (status, message) = create(&unclip_runtime_params {
+            device: 3,
+            openvino_device: tpu.as_ptr(),
+            ..rp
+        });
+        assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
+        assert!(message.contains("openvino:TPU"), "{message}");
     }
 }

@@ -836,13 +836,14 @@ fn e12_ort_library_unloadable() {
 
 #[test]
 fn e13_device_unknown() {
-    for device in ["tpu", "openvino", "cpu:0", "cuda:-1", "cuda:x"] {
+    for device in ["tpu", "openvino:tpu", "cpu:0", "cuda:-1", "cuda:x"] {
         let error = device.parse::<Device>().unwrap_err();
         assert!(matches!(&error, Error::UnknownDevice(d) if d == device));
         assert_eq!(
             error.to_string(),
             format!(
-                "unknown device {device:?}: expected cpu, cuda[:N] or tensorrt[:N] (N = GPU index)"
+                "unknown device {device:?}: expected cpu, cuda[:N], tensorrt[:N] (N = GPU index) \
+                 or openvino[:CPU|GPU[.N]|NPU]"
             )
         );
     }
@@ -855,11 +856,11 @@ fn e13_device_unknown() {
     );
     c_runtime();
     let mut params = runtime_params();
-    params.device = 3;
+    params.device = 4;
     assert_c(
         c_runtime_create(&params),
         unclip_status::UNCLIP_INVALID_ARGUMENT,
-        "invalid device: 3 is not a unclip_device",
+        "invalid device: 4 is not a unclip_device",
     );
     let mut params = runtime_params();
     params.device = 1;
@@ -2315,8 +2316,7 @@ fn e47_c_struct_size() {
         c_runtime_create(&params),
         unclip_status::UNCLIP_INVALID_ARGUMENT,
         &format!(
-            "invalid unclip_runtime_params: struct_size is 0, this library needs {}: initialize it with its *_params_init()",
-            std::mem::size_of::<unclip_runtime_params>()
+            "invalid unclip_runtime_params: struct_size is 0, this library needs {RUNTIME_PARAMS_V2_SIZE}: initialize it with its *_params_init()"
         ),
     );
     let ok = CString::new("x").unwrap();
@@ -2422,5 +2422,102 @@ fn e50_memory_budget_too_small() {
         &["--model", tiny(), "--memory-budget-mib", "10"],
         &[],
         "memory budget of 10 MiB is below what one image needs",
+    );
+}
+
+/// A precision the device cannot run: refused before any model loads (auto never is).
+#[test]
+fn e51_precision_not_on_device() {
+    let expected =
+        "invalid precision: bf16 on cpu: ONNX Runtime's CPU provider runs the exact f32 \
+                    mode only; the fast bf16 mode is --device openvino --precision bf16 (or auto)";
+    let mut args = vec![
+        "-q",
+        "generate",
+        "x",
+        "--model",
+        tiny(),
+        "--precision",
+        "bf16",
+    ];
+    args.extend(FAST);
+    assert_cli_error(&cli(&args), expected);
+    assert_serve_refuses(
+        &["--model", tiny(), "--precision", "bf16"],
+        &[],
+        "invalid precision: bf16 on cpu",
+    );
+    let output = cli(&[
+        "-q",
+        "generate",
+        "x",
+        "--model",
+        tiny(),
+        "--precision",
+        "int8",
+    ]);
+    assert_cli_error(
+        &output,
+        "invalid precision: \"int8\": choose f32, bf16, fp16 or auto",
+    );
+    c_runtime();
+    let mut params = runtime_params();
+    params.precision = 1;
+    assert_c(
+        c_runtime_create(&params),
+        unclip_status::UNCLIP_INVALID_ARGUMENT,
+        "invalid precision: bf16 on cpu",
+    );
+    params.precision = 9;
+    assert_c(
+        c_runtime_create(&params),
+        unclip_status::UNCLIP_INVALID_ARGUMENT,
+        "invalid precision: 9 is not a unclip_precision",
+    );
+}
+
+/// OpenVINO asked for but its plugin is not installed (or names no device here): a typed error,
+/// never a silent CPU run.
+#[test]
+fn e52_openvino_unavailable() {
+    let missing = "/nonexistent/libonnxruntime_providers_openvino_plugin.so";
+    let expected = format!(
+        "execution provider OpenVINOExecutionProvider is not available: no plugin library at \
+         {missing}. Install it with `scripts/setup-ort --openvino`"
+    );
+    let mut args = vec![
+        "-q",
+        "generate",
+        "x",
+        "--model",
+        tiny(),
+        "--device",
+        "openvino",
+        "--openvino-plugin",
+        missing,
+    ];
+    args.extend(FAST);
+    assert_cli_error(&cli(&args), &expected);
+    assert_serve_refuses(
+        &[
+            "--model",
+            tiny(),
+            "--device",
+            "openvino",
+            "--openvino-plugin",
+            missing,
+        ],
+        &[],
+        "no plugin library at",
+    );
+    c_runtime();
+    let plugin = std::ffi::CString::new(missing).unwrap();
+    let mut params = runtime_params();
+    params.device = 3;
+    params.openvino_plugin_path = plugin.as_ptr();
+    assert_c(
+        c_runtime_create(&params),
+        unclip_status::UNCLIP_PROVIDER_UNAVAILABLE,
+        &expected,
     );
 }

@@ -22,7 +22,7 @@ use ndarray::{Array1, Array2, ArrayView1};
 
 use crate::noise::{noise_source, RngKind};
 use crate::pipeline::TextToImage;
-use crate::runtime::{Device, TensorRtOptions};
+use crate::runtime::{Device, OpenVinoOptions, Precision, TensorRtOptions};
 use crate::schedulers::SchedulerKind;
 use crate::stages::Stage;
 use crate::{Error, Pipeline, Runtime};
@@ -30,7 +30,7 @@ use crate::{Error, Pipeline, Runtime};
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -172,13 +172,10 @@ pub unsafe extern "C" fn unclip_runtime_create(
             return Err(invalid("out", "is NULL"));
         }
         *out = std::ptr::null_mut();
-        let params = params
-            .as_ref()
-            .ok_or_else(|| invalid("params", "is NULL"))?;
-        check_size(
+        let params = &versioned_copy(
+            params,
+            types::RUNTIME_PARAMS_V2_SIZE,
             "unclip_runtime_params",
-            params.struct_size,
-            std::mem::size_of::<unclip_runtime_params>(),
         )?;
         let device = match params.device {
             0 => Device::Cpu,
@@ -187,6 +184,12 @@ pub unsafe extern "C" fn unclip_runtime_create(
             },
             2 => Device::TensorRt {
                 device_id: params.device_id,
+            },
+            3 => match opt_str(params.openvino_device, "openvino_device")? {
+                None => Device::OpenVino {
+                    target: "CPU".into(),
+                },
+                Some(target) => format!("openvino:{target}").parse()?,
             },
             other => {
                 return Err(invalid(
@@ -198,12 +201,34 @@ pub unsafe extern "C" fn unclip_runtime_create(
         if params.device_id < 0 {
             return Err(invalid("device_id", "must be ≥ 0"));
         }
-        let mut builder = Runtime::builder().device(device).tensorrt(TensorRtOptions {
-            fp16: params.tensorrt_fp16 != 0,
-            cache_dir: opt_str(params.tensorrt_cache_dir, "tensorrt_cache_dir")?.map(PathBuf::from),
-            max_workspace_size: (params.tensorrt_max_workspace_size > 0)
-                .then_some(params.tensorrt_max_workspace_size as usize),
-        });
+        let precision = match params.precision {
+            0 => Precision::F32,
+            1 => Precision::Bf16,
+            2 => Precision::Fp16,
+            3 => Precision::Auto,
+            other => {
+                return Err(invalid(
+                    "precision",
+                    &format!("{other} is not a unclip_precision"),
+                ))
+            }
+        };
+        let mut builder = Runtime::builder()
+            .device(device)
+            .precision(precision)
+            .tensorrt(TensorRtOptions {
+                fp16: params.tensorrt_fp16 != 0,
+                cache_dir: opt_str(params.tensorrt_cache_dir, "tensorrt_cache_dir")?
+                    .map(PathBuf::from),
+                max_workspace_size: (params.tensorrt_max_workspace_size > 0)
+                    .then_some(params.tensorrt_max_workspace_size as usize),
+            })
+            .openvino(OpenVinoOptions {
+                plugin: opt_str(params.openvino_plugin_path, "openvino_plugin_path")?
+                    .map(PathBuf::from),
+                cache_dir: opt_str(params.openvino_cache_dir, "openvino_cache_dir")?
+                    .map(PathBuf::from),
+            });
         if let Some(path) = opt_str(params.ort_library_path, "ort_library_path")? {
             builder = builder.library(path);
         }
@@ -271,24 +296,53 @@ pub unsafe extern "C" fn unclip_pipeline_image_size(pipeline: *const unclip_pipe
 unsafe fn params_of(
     params: *const unclip_generate_params,
 ) -> Result<unclip_generate_params, Error> {
+    versioned_copy(
+        params,
+        types::GENERATE_PARAMS_V1_SIZE,
+        "unclip_generate_params",
+    )
+}
+
+/// A params struct that starts with `struct_size`, of which a host built against an older ABI
+/// passes a prefix of at least `oldest` bytes: only `struct_size` bytes are read, the fields
+/// appended since keep their defaults.
+unsafe fn versioned_copy<T: Default + HasStructSize>(
+    params: *const T,
+    oldest: usize,
+    name: &'static str,
+) -> Result<T, Error> {
     if params.is_null() {
         return Err(invalid("params", "is NULL"));
     }
-    let given = std::ptr::addr_of!((*params).struct_size).read_unaligned();
-    check_size(
-        "unclip_generate_params",
-        given,
-        types::GENERATE_PARAMS_V1_SIZE,
-    )?;
-    let mut copy = unclip_generate_params::default();
-    let known = std::mem::size_of::<unclip_generate_params>();
+    // struct_size is the first field of every params struct.
+    let given = params.cast::<usize>().read_unaligned();
+    check_size(name, given, oldest)?;
+    let mut copy = T::default();
+    let known = std::mem::size_of::<T>();
     std::ptr::copy_nonoverlapping(
         params.cast::<u8>(),
         std::ptr::addr_of_mut!(copy).cast::<u8>(),
         given.min(known),
     );
-    copy.struct_size = known;
+    copy.set_struct_size(known);
     Ok(copy)
+}
+
+/// Params structs whose first field is `struct_size`.
+trait HasStructSize {
+    fn set_struct_size(&mut self, size: usize);
+}
+
+impl HasStructSize for unclip_generate_params {
+    fn set_struct_size(&mut self, size: usize) {
+        self.struct_size = size;
+    }
+}
+
+impl HasStructSize for unclip_runtime_params {
+    fn set_struct_size(&mut self, size: usize) {
+        self.struct_size = size;
+    }
 }
 
 /// Builds the request shared by the generate calls.

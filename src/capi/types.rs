@@ -23,6 +23,7 @@ pub enum unclip_status {
 pub type unclip_progress_callback = Option<unsafe extern "C" fn(i32, u32, u32, *mut c_void) -> i32>;
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct unclip_runtime_params {
     pub struct_size: usize,
     pub ort_library_path: *const c_char,
@@ -32,7 +33,15 @@ pub struct unclip_runtime_params {
     pub tensorrt_fp16: i32,
     pub tensorrt_cache_dir: *const c_char,
     pub tensorrt_max_workspace_size: u64,
+    // ABI 3 (appended)
+    pub precision: i32,
+    pub openvino_device: *const c_char,
+    pub openvino_cache_dir: *const c_char,
+    pub openvino_plugin_path: *const c_char,
 }
+
+/// Size of `unclip_runtime_params` before ABI 3 (everything before `precision`).
+pub const RUNTIME_PARAMS_V2_SIZE: usize = std::mem::offset_of!(unclip_runtime_params, precision);
 
 impl Default for unclip_runtime_params {
     fn default() -> Self {
@@ -45,6 +54,10 @@ impl Default for unclip_runtime_params {
             tensorrt_fp16: 0,
             tensorrt_cache_dir: std::ptr::null(),
             tensorrt_max_workspace_size: 0,
+            precision: 0,
+            openvino_device: std::ptr::null(),
+            openvino_cache_dir: std::ptr::null(),
+            openvino_plugin_path: std::ptr::null(),
         }
     }
 }

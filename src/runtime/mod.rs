@@ -13,7 +13,11 @@ use std::sync::Mutex;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 
-pub use device::{check_available, provider_configs, Device, ProviderConfig, TensorRtOptions};
+pub use device::{
+    check_available, find_openvino_plugin, openvino_session_options, provider_configs,
+    resolve_precision, CpuFeatures, Device, OpenVinoOptions, Precision, ProviderConfig,
+    TensorRtOptions, OPENVINO_EP,
+};
 pub use library::{find_library, search_dirs, ORT_VERSION};
 pub use model::{Input, Model};
 
@@ -24,6 +28,8 @@ struct Loaded {
     library: PathBuf,
     threads: usize,
     environment: Environment,
+    /// The OpenVINO plugin registered with the environment, if any (once per process).
+    openvino_plugin: Option<PathBuf>,
 }
 
 static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
@@ -44,7 +50,9 @@ pub struct Runtime {
     library: PathBuf,
     threads: usize,
     device: Device,
+    precision: Precision,
     tensorrt: TensorRtOptions,
+    openvino: OpenVinoOptions,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -53,6 +61,7 @@ impl std::fmt::Debug for Runtime {
             .field("library", &self.library)
             .field("threads", &self.threads)
             .field("device", &self.device)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -62,7 +71,9 @@ impl std::fmt::Debug for Runtime {
 pub struct RuntimeBuilder {
     library: Option<PathBuf>,
     device: Device,
+    precision: Precision,
     tensorrt: TensorRtOptions,
+    openvino: OpenVinoOptions,
     threads: Option<usize>,
 }
 
@@ -82,6 +93,18 @@ impl RuntimeBuilder {
     /// TensorRT settings (used with [`Device::TensorRt`]).
     pub fn tensorrt(mut self, options: TensorRtOptions) -> Self {
         self.tensorrt = options;
+        self
+    }
+
+    /// Numeric precision (default f32, the exact mode); checked against the device at build.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// OpenVINO settings (used with [`Device::OpenVino`]).
+    pub fn openvino(mut self, options: OpenVinoOptions) -> Self {
+        self.openvino = options;
         self
     }
 
@@ -125,9 +148,10 @@ impl RuntimeBuilder {
                 library,
                 threads,
                 environment,
+                openvino_plugin: None,
             });
         }
-        let state = loaded.as_ref().expect("set above");
+        let state = loaded.as_mut().expect("set above");
         if let Some(requested) = &self.library {
             if requested != &state.library {
                 return Err(Error::OrtLoad {
@@ -139,13 +163,26 @@ impl RuntimeBuilder {
                 });
             }
         }
+        // --trt-fp16 is the older spelling of --precision fp16 on TensorRT.
+        let requested = match (&self.device, self.precision) {
+            (Device::TensorRt { .. }, Precision::F32) if self.tensorrt.fp16 => Precision::Fp16,
+            (_, requested) => requested,
+        };
+        let precision = resolve_precision(&self.device, requested, CpuFeatures::detect())?;
         check_available(&self.device)?;
+        if let Device::OpenVino { target } = &self.device {
+            register_openvino(state, self.openvino.plugin.as_deref())?;
+            openvino_devices(&state.environment, target)?;
+        }
+        tracing::debug!(device = %self.device, %precision, "runtime ready");
         Ok(Runtime {
             environment: state.environment.clone(),
             library: state.library.clone(),
             threads: state.threads,
             device: self.device,
+            precision,
             tensorrt: self.tensorrt,
+            openvino: self.openvino,
         })
     }
 }
@@ -180,9 +217,116 @@ impl Runtime {
         &self.environment
     }
 
+    /// The precision the device runs at ([`Precision::Auto`] resolved).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     pub(crate) fn tensorrt(&self) -> &TensorRtOptions {
         &self.tensorrt
     }
+
+    pub(crate) fn openvino(&self) -> &OpenVinoOptions {
+        &self.openvino
+    }
+}
+
+/// Registers the OpenVINO plugin with the process's environment, once. A second runtime asking
+/// for another plugin file is refused (ONNX Runtime keeps one library per EP name).
+fn register_openvino(state: &mut Loaded, requested: Option<&std::path::Path>) -> Result<()> {
+    let plugin = match (requested, &state.openvino_plugin) {
+        (None, Some(_)) => return Ok(()),
+        (Some(path), _) => path.to_path_buf(),
+        (None, None) => find_openvino_plugin(&state.library)?,
+    };
+    if let Some(registered) = &state.openvino_plugin {
+        if registered != &plugin {
+            return Err(Error::ProviderUnavailable {
+                provider: OPENVINO_EP.into(),
+                reason: format!(
+                    "the plugin is already registered in this process from {}",
+                    registered.display()
+                ),
+                fix: "use one OpenVINO plugin per process".into(),
+            });
+        }
+        return Ok(());
+    }
+    if !plugin.is_file() {
+        return Err(Error::ProviderUnavailable {
+            provider: OPENVINO_EP.into(),
+            reason: format!("no plugin library at {}", plugin.display()),
+            fix: device::OPENVINO_FIX.into(),
+        });
+    }
+    state
+        .environment
+        .register_ep_library(OPENVINO_EP, &plugin)
+        .map_err(|e| Error::ProviderUnavailable {
+            provider: OPENVINO_EP.into(),
+            reason: format!("registering {} failed: {e}", plugin.display()),
+            fix: device::OPENVINO_FIX.into(),
+        })?;
+    tracing::info!(plugin = %plugin.display(), "registered the OpenVINO execution provider");
+    state.openvino_plugin = Some(plugin);
+    Ok(())
+}
+
+/// The plugin's devices for an OpenVINO device name (`CPU`, `GPU.1`, `NPU`), or an error listing
+/// what the plugin found.
+pub(crate) fn openvino_devices<'e>(
+    environment: &'e Environment,
+    target: &str,
+) -> Result<Vec<ort::device::Device<'e>>> {
+    use ort::memory::DeviceType;
+    let wanted = match device::openvino_device_type(target) {
+        device::OpenVinoDeviceType::Cpu => DeviceType::CPU,
+        device::OpenVinoDeviceType::Gpu => DeviceType::GPU,
+        device::OpenVinoDeviceType::Npu => DeviceType::NPU,
+    };
+    let mine: Vec<_> = environment
+        .devices()
+        .filter(|d| d.ep().is_ok_and(|ep| ep == OPENVINO_EP))
+        .collect();
+    let found: Vec<String> = mine
+        .iter()
+        .map(|d| format!("{:?}", d.hardware_device().ty()))
+        .collect();
+    let index = device::openvino_device_index(target);
+    let chosen = mine
+        .into_iter()
+        .filter(|d| d.hardware_device().ty() == wanted)
+        .nth(index);
+    if let Some(device) = chosen {
+        return Ok(vec![device]);
+    }
+    if found.is_empty() {
+        // The plugin offers only Intel hardware (its factory filters on the PCI vendor id).
+        let cpu_vendor = environment
+            .devices()
+            .map(|d| d.hardware_device())
+            .find(|h| h.ty() == DeviceType::CPU)
+            .and_then(|h| h.vendor().ok().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        return Err(Error::ProviderUnavailable {
+            provider: OPENVINO_EP.into(),
+            reason: format!(
+                "the plugin found no device on this machine: it serves Intel CPUs, GPUs and NPUs, \
+                 and this CPU's vendor is {cpu_vendor}"
+            ),
+            fix: "run the exact f32 mode on --device cpu here, or use an Intel machine (bf16 is \
+                  fast where the CPU has AMX)"
+                .into(),
+        });
+    }
+    Err(Error::ProviderUnavailable {
+        provider: OPENVINO_EP.into(),
+        reason: format!(
+            "no OpenVINO {target} device on this machine (the plugin found: {})",
+            found.join(", ")
+        ),
+        fix: "choose one it found, e.g. --device openvino:CPU".into(),
+    })
 }
 
 /// `1.31.1` from ORT's build info (`git-branch=rel-1.31.1, …`).

@@ -9,7 +9,7 @@ use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::{device, ort_error, Runtime};
+use super::{device, ort_error, Device, Runtime};
 use crate::bundle::{Dim, ModelEntry, TensorSpec};
 use crate::{Error, Result};
 
@@ -42,23 +42,43 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Creates the session for `path` and checks its inputs and outputs against `entry`.
     pub fn load(runtime: &Runtime, name: &str, path: &Path, entry: &ModelEntry) -> Result<Model> {
-        let providers = device::provider_configs(
-            runtime.device(),
-            runtime.tensorrt(),
-            trt_profiles(&entry.inputs),
-        );
+        let tensorrt = device::TensorRtOptions {
+            fp16: runtime.precision() == device::Precision::Fp16,
+            ..runtime.tensorrt().clone()
+        };
+        let providers =
+            device::provider_configs(runtime.device(), &tensorrt, trt_profiles(&entry.inputs));
         let context = format!("creating the session for {name}");
-        let builder = Session::builder(runtime.environment())
+        let mut builder = Session::builder(runtime.environment())
             .map_err(ort_error(context.clone()))?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(ort_error(context.clone()))?
-            .with_execution_providers(device::dispatches(&providers))
-            .map_err(|e| Error::ProviderUnavailable {
-                provider: runtime.device().to_string(),
-                reason: e.to_string(),
-                fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
-                    .into(),
+            .map_err(ort_error(context.clone()))?;
+        if let Device::OpenVino { target } = runtime.device() {
+            // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.
+            let options = device::openvino_session_options(
+                target,
+                runtime.precision(),
+                runtime.threads(),
+                runtime.openvino().cache_dir.as_deref(),
+            );
+            let devices = super::openvino_devices(runtime.environment(), target)?;
+            builder = builder.with_devices(devices, Some(&options)).map_err(|e| {
+                Error::ProviderUnavailable {
+                    provider: device::OPENVINO_EP.into(),
+                    reason: e.to_string(),
+                    fix: device::OPENVINO_FIX.into(),
+                }
             })?;
+        } else {
+            builder = builder
+                .with_execution_providers(device::dispatches(&providers))
+                .map_err(|e| Error::ProviderUnavailable {
+                    provider: runtime.device().to_string(),
+                    reason: e.to_string(),
+                    fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
+                        .into(),
+                })?;
+        }
         let session = builder
             .clone()
             .commit_from_file(path)

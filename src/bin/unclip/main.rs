@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use unclip::bundle::{Bundle, Dim};
 use unclip::pipeline::{Generation, TextToImage};
-use unclip::runtime::TensorRtOptions;
+use unclip::runtime::{OpenVinoOptions, Precision, TensorRtOptions};
 use unclip::schedulers::SchedulerKind;
 use unclip::stages::{Progress, Stage};
 use unclip::{noise, npy, Device, Pipeline, RngKind, Runtime};
@@ -64,9 +64,21 @@ struct RuntimeArgs {
     /// current directory or in the source tree; README "Models").
     #[arg(long)]
     model: Option<PathBuf>,
-    /// cpu, cuda[:N] or tensorrt[:N].
+    /// cpu, cuda[:N], tensorrt[:N] or openvino[:CPU|GPU[.N]|NPU] (README "Devices and precision").
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32 (exact, the default), bf16 (OpenVINO CPU), fp16 (TensorRT, OpenVINO GPU/NPU) or auto
+    /// (the fastest the device has: bf16 on OpenVINO with AMX or AVX-512-BF16).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// OpenVINO: compiled-model cache directory, so a second load skips compilation
+    /// (default: $XDG_CACHE_HOME/unclip/openvino or ~/.cache/unclip/openvino; "none" disables it).
+    #[arg(long)]
+    openvino_cache_dir: Option<PathBuf>,
+    /// OpenVINO: the plugin library (default: UNCLIP_OPENVINO_PLUGIN, then .ort/openvino/ beside
+    /// ONNX Runtime, written by `scripts/setup-ort --openvino`).
+    #[arg(long)]
+    openvino_plugin: Option<PathBuf>,
     /// Intra-op threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -307,11 +319,27 @@ fn main() -> ExitCode {
 
 fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
     let device: Device = args.device.parse()?;
-    let mut builder = Runtime::builder().device(device).tensorrt(TensorRtOptions {
-        fp16: args.trt_fp16,
-        cache_dir: args.trt_cache_dir.clone(),
-        max_workspace_size: args.trt_workspace_mib.map(|m| m << 20),
-    });
+    let precision: Precision = args.precision.parse()?;
+    let openvino_cache = match &args.openvino_cache_dir {
+        Some(dir) if dir.as_os_str() == "none" => None,
+        Some(dir) => Some(dir.clone()),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|cache| cache.join("unclip").join("openvino")),
+    };
+    let mut builder = Runtime::builder()
+        .device(device)
+        .precision(precision)
+        .tensorrt(TensorRtOptions {
+            fp16: args.trt_fp16,
+            cache_dir: args.trt_cache_dir.clone(),
+            max_workspace_size: args.trt_workspace_mib.map(|m| m << 20),
+        })
+        .openvino(OpenVinoOptions {
+            plugin: args.openvino_plugin.clone(),
+            cache_dir: openvino_cache,
+        });
     if let Some(lib) = &args.ort_lib {
         builder = builder.library(lib);
     }
@@ -864,6 +892,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let report = json!({
         "model": pipeline.bundle().manifest.name,
         "device": pipeline.runtime().device().to_string(),
+        "precision": pipeline.runtime().precision().to_string(),
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "runs": args.runs,
