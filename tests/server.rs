@@ -416,14 +416,18 @@ fn errors_are_openai_error_objects() {
         );
         // Too large a body: 413 before it is read whole.
         let big = serde_json::json!({"prompt": "x".repeat(2 << 20)});
-        let (s, b) = parts(
-            post("/v1/images/generations")
-                .json(&big)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let response = post("/v1/images/generations")
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        // The unread rest of the body makes the connection unusable: the server closes it and
+        // says so, so keep-alive clients do not send the next request down it.
+        assert_eq!(
+            response.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..])
+        );
+        let (s, b) = parts(response).await;
         check(s, 413, &b, None);
         // A corrupt upload: 400 naming the image.
         let form = reqwest::multipart::Form::new()
