@@ -2,7 +2,9 @@
 //! (NaN, negative, huge), η, output sizes, images per prompt, seeds and prompt bytes (invalid
 //! UTF-8, empty, many) through `unclip_generate` on `models/tiny`. Every call returns a status,
 //! never `UNCLIP_INTERNAL` (a caught panic); a progress callback cancels at the first step, so
-//! validation runs in full without the cost of whole generations.
+//! validation runs in full without the cost of whole generations. Inputs starting with 0xA5 go to
+//! `unclip_runtime_create` instead (ABI 1–3 `unclip_runtime_params`: struct_size, device,
+//! device_id, precision, OpenVINO device names; the plugin path never names a real file).
 #![no_main]
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
@@ -78,7 +80,38 @@ impl Cursor<'_> {
     }
 }
 
+/// `unclip_runtime_create` on fuzzed parameters: a status, never `UNCLIP_INTERNAL`.
+fn runtime_params(data: &[u8]) {
+    pipeline(); // ONNX Runtime loaded first, from the usual library
+    let mut c = Cursor(data);
+    let mut params = unclip_runtime_params::default();
+    unsafe { unclip_runtime_params_init(&mut params) };
+    let full = std::mem::size_of::<unclip_runtime_params>();
+    params.struct_size = match c.u8() % 4 {
+        0 | 1 => full,
+        2 => RUNTIME_PARAMS_V2_SIZE,
+        _ => c.u32() as usize % (full + 64),
+    };
+    params.device = c.i32() % 6;
+    params.device_id = c.i32() % 4;
+    params.threads = c.small(4);
+    params.precision = c.i32() % 6;
+    params.tensorrt_fp16 = i32::from(c.u8() & 1);
+    let device_name = (c.u8() & 1 == 0).then(|| CString::new(c.bytes::<6>().map(|b| b.max(1))).unwrap());
+    params.openvino_device = device_name.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    let plugin = CString::new("/nonexistent/libonnxruntime_providers_openvino_plugin.so").unwrap();
+    params.openvino_plugin_path = plugin.as_ptr();
+    let mut runtime = std::ptr::null_mut();
+    let status = unsafe { unclip_runtime_create(&params, &mut runtime) };
+    assert_ne!(status as i32, 8, "UNCLIP_INTERNAL: a panic was caught");
+    assert_eq!(status as i32 == 0, !runtime.is_null());
+    unsafe { unclip_runtime_free(runtime) };
+}
+
 fuzz_target!(|data: &[u8]| {
+    if let Some((0xA5, rest)) = data.split_first() {
+        return runtime_params(rest);
+    }
     let mut c = Cursor(data);
     let mut params = unclip_generate_params::default();
     unsafe { unclip_generate_params_init(&mut params) };
