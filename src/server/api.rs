@@ -99,6 +99,23 @@ impl ApiError {
         }
     }
 
+    /// 413: the body is over `--max-body-mib`; multipart uploads name the `image` field.
+    pub fn payload_too_large(multipart: bool) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: if multipart {
+                "the upload is over the server's body limit"
+            } else {
+                "the request body is over the server's limit"
+            }
+            .into(),
+            kind: "invalid_request_error",
+            param: multipart.then(|| "image".into()),
+            code: Some("payload_too_large"),
+            retry_after: None,
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,8 +151,8 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was never read, so this connection cannot carry another
-            // request: say so, or a keep-alive client reuses it and its next request fails with
+            // The rest of the body may be unread (past the server's drain bound), so this
+            // connection cannot carry another request: say so, or a keep-alive client reuses it and its next request fails with
             // an incomplete message (seen in tests/server.rs under load).
             response
                 .headers_mut()
@@ -492,14 +509,7 @@ pub async fn generations(
     body: Result<Json<ImageParams>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(params) = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: "the request body is over the server's limit".into(),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("payload_too_large"),
-            retry_after: None,
-        },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(false),
         _ => ApiError::bad_request(None, e.body_text()),
     })?;
     let prompt = params
@@ -529,14 +539,7 @@ async fn read_form(
             Ok(None) => break,
             Err(e) => {
                 return Err(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError {
-                        status: StatusCode::PAYLOAD_TOO_LARGE,
-                        message: "the upload is over the server's body limit".into(),
-                        kind: "invalid_request_error",
-                        param: Some("image".into()),
-                        code: Some("payload_too_large"),
-                        retry_after: None,
-                    }
+                    ApiError::payload_too_large(true)
                 } else {
                     ApiError::bad_request(None, format!("malformed multipart body: {e}"))
                 })
@@ -545,14 +548,7 @@ async fn read_form(
         let name = field.name().unwrap_or_default().to_string();
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: "the upload is over the server's body limit".into(),
-                    kind: "invalid_request_error",
-                    param: Some(name.clone()),
-                    code: Some("payload_too_large"),
-                    retry_after: None,
-                }
+                ApiError::payload_too_large(true)
             } else {
                 ApiError::bad_request(Some(&name), format!("cannot read field: {e}"))
             }

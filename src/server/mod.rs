@@ -165,6 +165,7 @@ pub fn router(
         .route("/v1/embeddings", post(api::embeddings))
         .route("/v1/embeddings/images", post(api::image_embeddings))
         .route("/v1/models", get(api::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), bounded_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let router = Router::new()
         .merge(v1)
@@ -261,6 +262,73 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         }
     }
     next.run(request).await
+}
+
+/// An oversized body is read on, and thrown away, up to this many times the limit before the 413.
+const DRAIN_FACTOR: usize = 4;
+/// ... and for at most this long.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the request body whole, under `--max-body-mib`, before the handler runs (the handlers
+/// buffer it whole anyway). An oversized body is answered 413 only after the rest of it has been
+/// read and discarded (bounded by [`DRAIN_FACTOR`] and [`DRAIN_TIMEOUT`]): a socket closed with
+/// unread data in it is reset by the kernel, and a client still writing its body then sees a
+/// broken pipe instead of the 413 (seen in CI on `tests/errors_matrix.rs` E41). nginx's
+/// `lingering_close` answers the same problem the same way.
+async fn bounded_body(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let limit = state.config.max_body_bytes;
+    let (parts, mut body) = request.into_parts();
+    let multipart = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/"));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || ApiError::payload_too_large(multipart).into_response();
+    let drain_cap = limit.saturating_mul(DRAIN_FACTOR);
+    if declared.is_some_and(|n| n > drain_cap) {
+        // Too much to read through: refuse now and let the connection close.
+        return too_large();
+    }
+    let mut buffered = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                return ApiError::bad_request(None, format!("cannot read the request body: {e}"))
+                    .into_response()
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buffered.len() + data.len() > limit {
+            let mut seen = buffered.len() + data.len();
+            drop(buffered);
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, |d| d.len());
+                    if seen > drain_cap {
+                        break;
+                    }
+                }
+            })
+            .await;
+            return too_large();
+        }
+        buffered.extend_from_slice(&data);
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buffered)))
+        .await
 }
 
 /// Counts every request by route and status, with its latency.
