@@ -282,7 +282,10 @@ impl Pipeline {
         noise: &mut dyn NoiseSource,
         observer: &mut Observer<'_>,
     ) -> Result<Generation> {
-        let embeddings = self.image_encoder()?.encode(images)?;
+        let encoder = self.image_encoder()?;
+        let release = Release(vec![encoder.model()]);
+        let embeddings = encoder.encode(images)?;
+        drop(release);
         let mut variation = request.clone();
         variation.prompts = vec![String::new(); images.len()];
         variation.image_embeddings = Some(embeddings);
@@ -621,7 +624,9 @@ impl Pipeline {
 
         // 1. text
         let mut clock = StageClock::start("text", &[self.text.model()]);
+        let release = Release(vec![self.text.model()]);
         let (tokens, text) = self.condition(request, &settings)?;
+        drop(release);
         keep("prompt_ids", Tensor::I64(tokens.ids.clone().into_dyn()));
         keep("prompt_mask", Tensor::I64(tokens.mask.clone().into_dyn()));
         keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
@@ -654,9 +659,11 @@ impl Pipeline {
             }
             None => {
                 clock = StageClock::start("prior", &[self.prior.model()]);
+                let release = Release(vec![self.prior.model()]);
                 let out =
                     self.prior
                         .sample(&text, &settings.prior_sampling(), &mut tap, observer)?;
+                drop(release);
                 keep("prior_latents", Tensor::F32(out.latents.into_dyn()));
                 timings.push(clock.stop());
                 out.image_embeddings
@@ -669,6 +676,7 @@ impl Pipeline {
 
         // 3. decoder
         clock = StageClock::start("decoder", &self.decoder.models());
+        let release = Release(self.decoder.models().to_vec());
         let initial = request.decoder_latents.as_ref().map(|given| {
             let rows: Vec<usize> = (0..image_embeddings.nrows())
                 .map(|i| if given.shape()[0] == 1 { 0 } else { i })
@@ -683,6 +691,7 @@ impl Pipeline {
             &mut tap,
             observer,
         )?;
+        drop(release);
         timings.push(clock.stop());
         keep(
             "decoder_hidden_states",
@@ -702,6 +711,7 @@ impl Pipeline {
         let mut images = decoded.images;
         for (i, upsampler) in self.upsamplers.iter().enumerate().take(settings.upsamplers) {
             clock = StageClock::start(&upsampler.name, &upsampler.models());
+            let release = Release(upsampler.models().to_vec());
             if i > 0 {
                 images.mapv_inplace(|x| x.clamp(-1.0, 1.0));
             }
@@ -712,6 +722,7 @@ impl Pipeline {
                 &mut tap,
                 observer,
             )?;
+            drop(release);
             timings.push(clock.stop());
             let suffix = if i == 0 {
                 String::new()
@@ -800,6 +811,18 @@ impl<'a> StageClock<'a> {
             stage: self.stage.clone(),
             seconds: self.started.elapsed().as_secs_f64(),
             ort_seconds: ort_after - self.ort_before,
+        }
+    }
+}
+
+/// Low-memory mode: drops a stage's sessions when the stage ends, however it ends (a cancel or
+/// an error included). Outside low-memory mode [`Model::release`] does nothing.
+struct Release<'a>(Vec<&'a Model>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        for model in &self.0 {
+            model.release();
         }
     }
 }

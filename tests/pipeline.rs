@@ -249,3 +249,95 @@ fn invalid_requests_are_typed_errors() {
     r.image_embeddings = Some(Array2::from_elem((1, 32), f32::INFINITY));
     check(r, "image embeddings");
 }
+
+/// `--low-memory`: a session exists only while its stage runs (checked at every progress
+/// report), nothing is held between runs or after a cancel, and the image is the same.
+#[test]
+fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
+    let runtime = unclip::Runtime::builder().low_memory(true).build().unwrap();
+    let low = Pipeline::load(&runtime, common::tiny_bundle()).expect("load models/tiny");
+    let loaded = |p: &Pipeline| {
+        let mut names = Vec::new();
+        let models = std::iter::once(p.text_encoder().model())
+            .chain(std::iter::once(p.prior().model()))
+            .chain(p.decoder().models())
+            .chain(p.upsamplers().iter().flat_map(|u| u.models()));
+        for m in models {
+            if m.is_loaded() && !names.contains(&m.name().to_string()) {
+                names.push(m.name().to_string());
+            }
+        }
+        names
+    };
+    assert!(loaded(&low).is_empty(), "after load: {:?}", loaded(&low));
+    let mut seen: Vec<(Stage, Vec<String>)> = Vec::new();
+    let out = low
+        .generate(
+            &small("a red circle"),
+            &mut TorchGenerator::new(5),
+            &mut |p| {
+                seen.push((p.stage, loaded(&low)));
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    let stage_models = |stage: Stage| -> Vec<String> {
+        let mut names: Vec<String> = match stage {
+            Stage::Text => vec![],
+            Stage::Prior => vec![low.prior().model().name().into()],
+            Stage::Decoder => low
+                .decoder()
+                .models()
+                .iter()
+                .map(|m| m.name().into())
+                .collect(),
+            Stage::Upsampler(i) => low.upsamplers()[i]
+                .models()
+                .iter()
+                .map(|m| m.name().into())
+                .collect(),
+        };
+        names.dedup();
+        names
+    };
+    assert_eq!(seen.len(), 1 + 3 + 3 + 2);
+    for (stage, names) in &seen {
+        // Only this stage's models (the decoder uses one of text_proj / text_proj_cfg), and one
+        // at least; the text stage reports after it finished, its session already released.
+        let own = stage_models(*stage);
+        assert!(
+            names.iter().all(|n| own.contains(n)),
+            "during {stage}: {names:?}"
+        );
+        assert_eq!(
+            names.is_empty(),
+            *stage == Stage::Text,
+            "during {stage}: {names:?}"
+        );
+    }
+    assert!(loaded(&low).is_empty(), "after the run: {:?}", loaded(&low));
+    let normal = pipeline()
+        .generate(
+            &small("a red circle"),
+            &mut TorchGenerator::new(5),
+            &mut no_observer(),
+        )
+        .unwrap();
+    assert_eq!(out.images[0].as_raw(), normal.images[0].as_raw());
+    // A cancel in the decoder releases it too.
+    let err = low
+        .generate(&small("a dog"), &mut FastNoise::new(2), &mut |p| {
+            if p.stage == Stage::Decoder {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled));
+    assert!(
+        loaded(&low).is_empty(),
+        "after a cancel: {:?}",
+        loaded(&low)
+    );
+}

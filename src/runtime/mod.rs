@@ -53,6 +53,7 @@ pub struct Runtime {
     precision: Precision,
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
+    low_memory: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for Runtime {
             .field("threads", &self.threads)
             .field("device", &self.device)
             .field("precision", &self.precision)
+            .field("low_memory", &self.low_memory)
             .finish()
     }
 }
@@ -75,6 +77,7 @@ pub struct RuntimeBuilder {
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
     threads: Option<usize>,
+    low_memory: bool,
 }
 
 impl RuntimeBuilder {
@@ -112,6 +115,15 @@ impl RuntimeBuilder {
     /// runtime of the process.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Low-memory mode (`--low-memory`): a model's session exists only while its stage runs. Every
+    /// model is still opened and checked at load, one at a time, then released; a stage creates
+    /// its sessions when it starts and drops them when it ends, so peak memory is about the
+    /// largest stage instead of the sum, at the cost of one session creation per stage per run.
+    pub fn low_memory(mut self, low_memory: bool) -> Self {
+        self.low_memory = low_memory;
         self
     }
 
@@ -183,6 +195,7 @@ impl RuntimeBuilder {
             precision,
             tensorrt: self.tensorrt,
             openvino: self.openvino,
+            low_memory: self.low_memory,
         })
     }
 }
@@ -220,6 +233,11 @@ impl Runtime {
     /// The precision the device runs at ([`Precision::Auto`] resolved).
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether sessions live only while their stage runs ([`RuntimeBuilder::low_memory`]).
+    pub fn is_low_memory(&self) -> bool {
+        self.low_memory
     }
 
     pub(crate) fn tensorrt(&self) -> &TensorRtOptions {

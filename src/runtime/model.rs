@@ -20,11 +20,15 @@ pub enum Input<'a> {
 }
 
 /// A loaded model. `Session::run` needs `&mut` (NOTES), so the session sits behind a mutex:
-/// concurrent callers of one pipeline take turns per model call.
+/// concurrent callers of one pipeline take turns per model call. In low-memory mode
+/// ([`Runtime::is_low_memory`]) the session is created by the first [`Model::run`] after a
+/// [`Model::release`] and dropped by the next release.
 pub struct Model {
     name: String,
     path: PathBuf,
-    session: Mutex<Session>,
+    runtime: Runtime,
+    entry: ModelEntry,
+    session: Mutex<Option<Session>>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     run_nanos: AtomicU64,
@@ -40,72 +44,36 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Creates the session for `path` and checks its inputs and outputs against `entry`.
+    /// Creates the session for `path` and checks its inputs and outputs against `entry`. In
+    /// low-memory mode the session is then dropped until the model first runs.
     pub fn load(runtime: &Runtime, name: &str, path: &Path, entry: &ModelEntry) -> Result<Model> {
-        let tensorrt = device::TensorRtOptions {
-            fp16: runtime.precision() == device::Precision::Fp16,
-            ..runtime.tensorrt().clone()
-        };
-        let providers =
-            device::provider_configs(runtime.device(), &tensorrt, trt_profiles(&entry.inputs));
-        let context = format!("creating the session for {name}");
-        let mut builder = Session::builder(runtime.environment())
-            .map_err(ort_error(context.clone()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(ort_error(context.clone()))?;
-        if let Device::OpenVino { target } = runtime.device() {
-            // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.
-            let options = device::openvino_session_options(
-                target,
-                runtime.precision(),
-                runtime.threads(),
-                runtime.openvino().cache_dir.as_deref(),
-            );
-            let devices = super::openvino_devices(runtime.environment(), target)?;
-            builder = builder.with_devices(devices, Some(&options)).map_err(|e| {
-                Error::ProviderUnavailable {
-                    provider: device::OPENVINO_EP.into(),
-                    reason: e.to_string(),
-                    fix: device::OPENVINO_FIX.into(),
-                }
-            })?;
-        } else {
-            builder = builder
-                .with_execution_providers(device::dispatches(&providers))
-                .map_err(|e| Error::ProviderUnavailable {
-                    provider: runtime.device().to_string(),
-                    reason: e.to_string(),
-                    fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
-                        .into(),
-                })?;
-        }
-        let session = builder
-            .clone()
-            .commit_from_file(path)
-            .map_err(|e| Error::ModelLoad {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        check_signature(
-            path,
-            "input",
-            session.inputs().iter().map(|o| (o.name(), o.dtype())),
-            &entry.inputs,
-        )?;
-        check_signature(
-            path,
-            "output",
-            session.outputs().iter().map(|o| (o.name(), o.dtype())),
-            &entry.outputs,
-        )?;
+        let session = create_session(runtime, name, path, entry)?;
         Ok(Model {
             name: name.to_string(),
             path: path.to_path_buf(),
-            session: Mutex::new(session),
+            runtime: runtime.clone(),
+            entry: entry.clone(),
+            session: Mutex::new((!runtime.is_low_memory()).then_some(session)),
             inputs: entry.inputs.clone(),
             outputs: entry.outputs.clone(),
             run_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Low-memory mode: drops the session (the next run creates it again). Otherwise nothing.
+    pub fn release(&self) {
+        if self.runtime.is_low_memory() && self.lock().take().is_some() {
+            tracing::debug!(model = %self.name, "released the session");
+        }
+    }
+
+    /// Whether the model has a session now (always, outside low-memory mode).
+    pub fn is_loaded(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The model's key in the bundle.
@@ -171,7 +139,16 @@ impl Model {
             };
             values.push((spec.name.as_str(), value));
         }
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock();
+        let session = match &mut *guard {
+            Some(session) => session,
+            empty => empty.insert(create_session(
+                &self.runtime,
+                &self.name,
+                &self.path,
+                &self.entry,
+            )?),
+        };
         let started = Instant::now();
         let outputs = session.run(values).map_err(ort_error(context()))?;
         let mut result = Vec::with_capacity(self.outputs.len());
@@ -190,6 +167,73 @@ impl Model {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(result)
     }
+}
+
+/// Creates the session for `path` on the runtime's device and checks its inputs and outputs
+/// against `entry`.
+fn create_session(
+    runtime: &Runtime,
+    name: &str,
+    path: &Path,
+    entry: &ModelEntry,
+) -> Result<Session> {
+    let tensorrt = device::TensorRtOptions {
+        fp16: runtime.precision() == device::Precision::Fp16,
+        ..runtime.tensorrt().clone()
+    };
+    let providers =
+        device::provider_configs(runtime.device(), &tensorrt, trt_profiles(&entry.inputs));
+    let context = format!("creating the session for {name}");
+    let mut builder = Session::builder(runtime.environment())
+        .map_err(ort_error(context.clone()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_error(context.clone()))?;
+    if let Device::OpenVino { target } = runtime.device() {
+        // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.
+        let options = device::openvino_session_options(
+            target,
+            runtime.precision(),
+            runtime.threads(),
+            runtime.openvino().cache_dir.as_deref(),
+        );
+        let devices = super::openvino_devices(runtime.environment(), target)?;
+        builder = builder.with_devices(devices, Some(&options)).map_err(|e| {
+            Error::ProviderUnavailable {
+                provider: device::OPENVINO_EP.into(),
+                reason: e.to_string(),
+                fix: device::OPENVINO_FIX.into(),
+            }
+        })?;
+    } else {
+        builder = builder
+                .with_execution_providers(device::dispatches(&providers))
+                .map_err(|e| Error::ProviderUnavailable {
+                    provider: runtime.device().to_string(),
+                    reason: e.to_string(),
+                    fix: "check the GPU driver and the CUDA/cuDNN/TensorRT libraries (README \"Running on GPU\")"
+                        .into(),
+                })?;
+    }
+    let session = builder
+        .clone()
+        .commit_from_file(path)
+        .map_err(|e| Error::ModelLoad {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    check_signature(
+        path,
+        "input",
+        session.inputs().iter().map(|o| (o.name(), o.dtype())),
+        &entry.inputs,
+    )?;
+    check_signature(
+        path,
+        "output",
+        session.outputs().iter().map(|o| (o.name(), o.dtype())),
+        &entry.outputs,
+    )?;
+    Ok(session)
 }
 
 fn dtype_name(ty: &ValueType) -> String {

@@ -82,6 +82,10 @@ struct RuntimeArgs {
     /// Intra-op threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Keep a model's session only while its stage runs (peak memory about the largest stage,
+    /// not the sum; each run re-creates the sessions).
+    #[arg(long)]
+    low_memory: bool,
     /// Path of libonnxruntime (default: ORT_DYLIB_PATH, then the usual places; see README).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -339,7 +343,8 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
         .openvino(OpenVinoOptions {
             plugin: args.openvino_plugin.clone(),
             cache_dir: openvino_cache,
-        });
+        })
+        .low_memory(args.low_memory);
     if let Some(lib) = &args.ort_lib {
         builder = builder.library(lib);
     }
@@ -893,6 +898,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "model": pipeline.bundle().manifest.name,
         "device": pipeline.runtime().device().to_string(),
         "precision": pipeline.runtime().precision().to_string(),
+        "low_memory": pipeline.runtime().is_low_memory(),
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "runs": args.runs,
