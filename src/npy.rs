@@ -37,6 +37,10 @@ pub fn f32_from_bytes(bytes: &[u8], name: &Path) -> Result<ArrayD<f32>> {
     })
 }
 
+/// Brackets a `.npy` header may nest: the dict and its shape tuple, with room for a structured
+/// dtype's list of tuples (which the reader then refuses as not float32).
+const MAX_HEADER_NESTING: usize = 4;
+
 /// Checks the `.npy` preamble (NEP 1): magic, version 1–3, a header inside the file, and a
 /// declared `shape` whose float32 data fits in what follows.
 fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
@@ -58,6 +62,25 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
         .ok_or_else(|| format!("the header claims {header_len} bytes, the file is shorter"))?;
     let header = std::str::from_utf8(&bytes[start..end])
         .map_err(|_| "the header is not text".to_string())?;
+    // A NumPy header is a flat dict with one tuple in it. ndarray-npy's Python-literal parser
+    // backtracks exponentially on nested brackets (65 bytes of `[{[[{[…` took over 10 s; found
+    // by fuzzing), so deeper nesting is refused before it parses.
+    let mut depth = 0usize;
+    for c in header.chars() {
+        match c {
+            '{' | '[' | '(' => {
+                depth += 1;
+                if depth > MAX_HEADER_NESTING {
+                    return Err(format!(
+                        "the header nests brackets over {MAX_HEADER_NESTING} deep (a .npy header \
+                         is a flat dict like {{'descr': '<f4', 'fortran_order': False, 'shape': (1, 768)}})"
+                    ));
+                }
+            }
+            '}' | ']' | ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     let shape = header
         .split_once("'shape':")
         .and_then(|(_, rest)| rest.trim_start().strip_prefix('('))

@@ -1244,8 +1244,16 @@ fn e22_embedding_file_unreadable() {
     let missing = tmp.path().join("missing.npy");
     let float64 = tmp.path().join("float64.npy");
     write_npy_bytes(&float64, "<f8", &[1, 32], vec![0; 32 * 8]);
+    // The header fuzzing found (tests/fuzz_regressions.rs): refused before ndarray-npy parses it.
+    let nested = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/npy_nested_brackets_timeout.npy");
     for (path, reason) in [
         (&garbage, "not a .npy file (no \\x93NUMPY magic)"),
+        (
+            &nested,
+            "the header nests brackets over 4 deep (a .npy header is a flat dict like \
+             {'descr': '<f4', 'fortran_order': False, 'shape': (1, 768)})",
+        ),
         (&missing, "No such file or directory (os error 2)"),
         (
             &float64,

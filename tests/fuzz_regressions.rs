@@ -29,6 +29,20 @@ fn npy_header_length_beyond_the_file() {
     }
 }
 
+/// A 65-byte `.npy` whose header is nested brackets (`[{[[{[[[[[[[[{[…`): ndarray-npy's parser
+/// backtracked for over 10 s (libFuzzer: timeout). Now refused at once, naming the problem.
+#[test]
+fn npy_header_nested_brackets() {
+    let path = fixture("npy_nested_brackets_timeout.npy");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 65);
+    let err = unclip::npy::embeddings_from_bytes(&bytes, &path).unwrap_err();
+    assert!(
+        matches!(&err, Error::Npy { reason, .. } if reason.contains("nests brackets")),
+        "{err}"
+    );
+}
+
 /// A valid header declaring a shape far larger than its data.
 #[test]
 fn npy_shape_beyond_the_data() {
@@ -62,4 +76,28 @@ fn npy_shape_beyond_the_data() {
     }
     let read = unclip::npy::embeddings_from_bytes(&bytes, Path::new("ok.npy")).unwrap();
     assert_eq!(read, ndarray::array![[1.0f32, 2.0], [3.0, 4.0]]);
+}
+
+/// The same header inside a PCA basis (`.npz`): its members now go through the checked `.npy`
+/// reader too (they went straight to ndarray-npy's parser).
+#[test]
+fn npz_member_with_nested_brackets() {
+    let bytes = std::fs::read(fixture("npy_nested_brackets_timeout.npy")).unwrap();
+    let dir = std::env::temp_dir().join(format!("unclip-npz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("basis.npz");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for name in ["mean.npy", "components.npy", "explained_variance.npy"] {
+        zip.start_file(name, options).unwrap();
+        std::io::Write::write_all(&mut zip, &bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    let err = unclip::latent::Pca::load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::Npy { reason, .. } if reason.starts_with("mean: ") && reason.contains("nests brackets")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use nalgebra::DMatrix;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzWriter;
 
 use crate::{Error, Result};
 
@@ -25,6 +25,9 @@ pub struct Pca {
     /// Variance along each component (`s² / (N − 1)`), `(K,)`.
     pub explained_variance: Array1<f32>,
 }
+
+/// Largest array a PCA basis file may hold (a 4096 × 4096 float32 basis is 64 MiB).
+const MAX_NPZ_MEMBER_BYTES: u64 = 256 << 20;
 
 impl Pca {
     /// Fits on `embeddings` `(N, D)`, N ≥ 2. Keeps `min(N, D)` components.
@@ -143,12 +146,35 @@ impl Pca {
             reason,
         };
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut npz = NpzReader::new(std::io::BufReader::new(file))
+        // Each member goes through the same checked `.npy` reader as embeddings (header length,
+        // nesting and declared shape checked before ndarray-npy parses: found by fuzzing).
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| bad(format!("{e} (expected a .npz written by `unclip pca`)")))?;
         let mut array = |name: &str| -> Result<ndarray::ArrayD<f32>> {
-            npz.by_name(name)
-                .or_else(|_| npz.by_name(&format!("{name}.npy")))
-                .map_err(|e| bad(format!("{name}: {e} (expected float32 arrays mean, components, explained_variance)")))
+            let expected = "expected float32 arrays mean, components, explained_variance";
+            let member = zip
+                .index_for_name(&format!("{name}.npy"))
+                .or_else(|| zip.index_for_name(name))
+                .ok_or_else(|| bad(format!("{name}: missing ({expected})")))?;
+            let mut entry = zip
+                .by_index(member)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            if entry.size() > MAX_NPZ_MEMBER_BYTES {
+                return Err(bad(format!(
+                    "{name}: {} bytes, over the {MAX_NPZ_MEMBER_BYTES}-byte limit for a PCA basis",
+                    entry.size()
+                )));
+            }
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut entry, MAX_NPZ_MEMBER_BYTES),
+                &mut bytes,
+            )
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+            crate::npy::f32_from_bytes(&bytes, path).map_err(|e| match e {
+                Error::Npy { reason, .. } => bad(format!("{name}: {reason} ({expected})")),
+                other => other,
+            })
         };
         let mean = array("mean")?;
         let components = array("components")?;
