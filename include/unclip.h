@@ -11,6 +11,7 @@
  *    per thread and valid until the next unclip call on that thread.
  *  - Parameter structs carry struct_size: fill them with their *_params_init() function, then
  *    change fields. A library newer than the header reads only the fields the header knows.
+ *    A struct_size that is no ABI version's size of the struct is UNCLIP_INVALID_ARGUMENT.
  *  - Output pointers are set to NULL/0 on entry, so they are safe to free after a failure.
  *  - Every *_free function accepts NULL.
  *  - No call aborts the host: invalid arguments return UNCLIP_INVALID_ARGUMENT, and internal

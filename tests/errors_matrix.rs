@@ -2336,6 +2336,29 @@ fn e47_c_struct_size() {
             "invalid unclip_generate_params: struct_size is 8, this library needs {GENERATE_PARAMS_V1_SIZE}"
         ),
     );
+    // Between two ABI sizes: refused, not copied in part (half a pointer is a wild pointer;
+    // found by fuzzing, tests/fuzz_regressions.rs).
+    let full = std::mem::size_of::<unclip_runtime_params>();
+    let plugin = CString::new("/nonexistent/plugin.so").unwrap();
+    params = runtime_params();
+    params.openvino_plugin_path = plugin.as_ptr();
+    params.struct_size = full - 4;
+    assert_c(
+        c_runtime_create(&params),
+        unclip_status::UNCLIP_INVALID_ARGUMENT,
+        &format!(
+            "invalid unclip_runtime_params: struct_size is {}, which is no ABI version's size of this struct ([{RUNTIME_PARAMS_V2_SIZE}, {full}] or more): initialize it with its *_params_init()",
+            full - 4
+        ),
+    );
+    let full = std::mem::size_of::<unclip_generate_params>();
+    assert_c_params_refused(
+        |p| p.struct_size = GENERATE_PARAMS_V1_SIZE + 4,
+        &format!(
+            "invalid unclip_generate_params: struct_size is {}, which is no ABI version's size of this struct ([{GENERATE_PARAMS_V1_SIZE}, {full}] or more)",
+            GENERATE_PARAMS_V1_SIZE + 4
+        ),
+    );
 }
 
 #[test]

@@ -101,3 +101,36 @@ fn npz_member_with_nested_brackets() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `capi_params` input (0xA5: runtime parameters): its struct_size, the u32 at bytes 2..6 modulo
+/// `size_of + 64` as the harness takes it, ends inside `openvino_plugin_path`. The library copied
+/// that many bytes, so the pointer was half the host's and half zeros: a SEGV in strlen under
+/// ASan. Now any size between two ABI versions' sizes is refused.
+#[test]
+fn capi_runtime_params_struct_size_inside_a_pointer() {
+    use std::ffi::CString;
+    use unclip::capi::*;
+    let bytes = std::fs::read(fixture("capi_runtime_params_torn_pointer.bin")).unwrap();
+    assert_eq!(
+        (bytes[0], bytes[1] % 4),
+        (0xA5, 3),
+        "the harness's arbitrary-size branch"
+    );
+    let full = std::mem::size_of::<unclip_runtime_params>();
+    let size = u32::from_le_bytes(bytes[2..6].try_into().unwrap()) as usize % (full + 64);
+    assert!(size > RUNTIME_PARAMS_V2_SIZE && size < full, "size {size}");
+    let plugin = CString::new("/nonexistent/plugin.so").unwrap();
+    let mut params = unclip_runtime_params::default();
+    unsafe { unclip_runtime_params_init(&mut params) };
+    params.openvino_plugin_path = plugin.as_ptr();
+    params.struct_size = size;
+    let mut runtime = std::ptr::null_mut();
+    let status = unsafe { unclip_runtime_create(&params, &mut runtime) };
+    assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
+    assert!(runtime.is_null());
+    let message = unsafe { std::ffi::CStr::from_ptr(unclip_last_error_message()) };
+    assert!(
+        message.to_str().unwrap().contains("no ABI version's size"),
+        "{message:?}"
+    );
+}

@@ -317,8 +317,20 @@ unsafe fn versioned_copy<T: Default + HasStructSize>(
     // struct_size is the first field of every params struct.
     let given = params.cast::<usize>().read_unaligned();
     check_size(name, given, oldest)?;
-    let mut copy = T::default();
     let known = std::mem::size_of::<T>();
+    if given < known && !T::ABI_SIZES.contains(&given) {
+        // A size between two ABI versions would copy part of a field: half a pointer is a wild
+        // pointer (found by fuzzing `capi_params`: a SEGV in strlen on openvino_plugin_path).
+        return Err(invalid(
+            name,
+            &format!(
+                "struct_size is {given}, which is no ABI version's size of this struct ({:?} or \
+                 more): initialize it with its *_params_init()",
+                T::ABI_SIZES
+            ),
+        ));
+    }
+    let mut copy = T::default();
     std::ptr::copy_nonoverlapping(
         params.cast::<u8>(),
         std::ptr::addr_of_mut!(copy).cast::<u8>(),
@@ -330,16 +342,27 @@ unsafe fn versioned_copy<T: Default + HasStructSize>(
 
 /// Params structs whose first field is `struct_size`.
 trait HasStructSize {
+    /// The struct's size in each ABI version that changed it, oldest first (the last is the
+    /// current size).
+    const ABI_SIZES: &'static [usize];
     fn set_struct_size(&mut self, size: usize);
 }
 
 impl HasStructSize for unclip_generate_params {
+    const ABI_SIZES: &'static [usize] = &[
+        types::GENERATE_PARAMS_V1_SIZE,
+        std::mem::size_of::<unclip_generate_params>(),
+    ];
     fn set_struct_size(&mut self, size: usize) {
         self.struct_size = size;
     }
 }
 
 impl HasStructSize for unclip_runtime_params {
+    const ABI_SIZES: &'static [usize] = &[
+        types::RUNTIME_PARAMS_V2_SIZE,
+        std::mem::size_of::<unclip_runtime_params>(),
+    ];
     fn set_struct_size(&mut self, size: usize) {
         self.struct_size = size;
     }
