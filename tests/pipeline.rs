@@ -48,17 +48,22 @@ fn progress_reports_every_step_of_every_stage() {
     assert!(seen.iter().all(|p| p.step >= 1 && p.step <= p.steps));
 }
 
+/// An observer that cancels at the first decoder step.
+fn cancel_in_decoder(p: Progress) -> ControlFlow<()> {
+    if p.stage == Stage::Decoder {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
 #[test]
 fn cancel_between_steps() {
     let mut calls = 0;
     let err = pipeline()
         .generate(&small("a dog"), &mut FastNoise::new(2), &mut |p| {
             calls += 1;
-            if p.stage == Stage::Decoder {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            cancel_in_decoder(p)
         })
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled));
@@ -326,13 +331,11 @@ fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
     assert_eq!(out.images[0].as_raw(), normal.images[0].as_raw());
     // A cancel in the decoder releases it too.
     let err = low
-        .generate(&small("a dog"), &mut FastNoise::new(2), &mut |p| {
-            if p.stage == Stage::Decoder {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        .generate(
+            &small("a dog"),
+            &mut FastNoise::new(2),
+            &mut cancel_in_decoder,
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled));
     assert!(

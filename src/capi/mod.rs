@@ -172,11 +172,7 @@ pub unsafe extern "C" fn unclip_runtime_create(
             return Err(invalid("out", "is NULL"));
         }
         *out = std::ptr::null_mut();
-        let params = &versioned_copy(
-            params,
-            types::RUNTIME_PARAMS_V2_SIZE,
-            "unclip_runtime_params",
-        )?;
+        let params = &versioned_copy(params, "unclip_runtime_params")?;
         let device = match params.device {
             0 => Device::Cpu,
             1 => Device::Cuda {
@@ -296,19 +292,14 @@ pub unsafe extern "C" fn unclip_pipeline_image_size(pipeline: *const unclip_pipe
 unsafe fn params_of(
     params: *const unclip_generate_params,
 ) -> Result<unclip_generate_params, Error> {
-    versioned_copy(
-        params,
-        types::GENERATE_PARAMS_V1_SIZE,
-        "unclip_generate_params",
-    )
+    versioned_copy(params, "unclip_generate_params")
 }
 
 /// A params struct that starts with `struct_size`, of which a host built against an older ABI
-/// passes a prefix of at least `oldest` bytes: only `struct_size` bytes are read, the fields
+/// passes one of the sizes in `ABI_SIZES`: only `struct_size` bytes are read, the fields
 /// appended since keep their defaults.
 unsafe fn versioned_copy<T: Default + HasStructSize>(
     params: *const T,
-    oldest: usize,
     name: &'static str,
 ) -> Result<T, Error> {
     if params.is_null() {
@@ -316,7 +307,7 @@ unsafe fn versioned_copy<T: Default + HasStructSize>(
     }
     // struct_size is the first field of every params struct.
     let given = params.cast::<usize>().read_unaligned();
-    check_size(name, given, oldest)?;
+    check_size(name, given, T::ABI_SIZES[0])?;
     let known = std::mem::size_of::<T>();
     if given < known && !T::ABI_SIZES.contains(&given) {
         // A size between two ABI versions would copy part of a field: half a pointer is a wild

@@ -29,8 +29,6 @@ pub struct Model {
     runtime: Runtime,
     entry: ModelEntry,
     session: Mutex<Option<Session>>,
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
     run_nanos: AtomicU64,
 }
 
@@ -54,8 +52,6 @@ impl Model {
             runtime: runtime.clone(),
             entry: entry.clone(),
             session: Mutex::new((!runtime.is_low_memory()).then_some(session)),
-            inputs: entry.inputs.clone(),
-            outputs: entry.outputs.clone(),
             run_nanos: AtomicU64::new(0),
         })
     }
@@ -83,12 +79,12 @@ impl Model {
 
     /// Declared inputs.
     pub fn inputs(&self) -> &[TensorSpec] {
-        &self.inputs
+        &self.entry.inputs
     }
 
     /// Declared outputs.
     pub fn outputs(&self) -> &[TensorSpec] {
-        &self.outputs
+        &self.entry.outputs
     }
 
     /// Total seconds spent inside `Session::run` so far.
@@ -99,13 +95,13 @@ impl Model {
     /// Runs the model on `inputs` (in manifest order) and returns its f32 outputs in manifest
     /// order.
     pub fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>> {
-        if inputs.len() != self.inputs.len() {
+        if inputs.len() != self.entry.inputs.len() {
             return Err(Error::invalid(
                 "model inputs",
                 format!(
                     "{} takes {} inputs, got {}",
                     self.name,
-                    self.inputs.len(),
+                    self.entry.inputs.len(),
                     inputs.len()
                 ),
             ));
@@ -127,7 +123,7 @@ impl Model {
             })
             .collect();
         let mut values = Vec::with_capacity(inputs.len());
-        for (k, spec) in self.inputs.iter().enumerate() {
+        for (k, spec) in self.entry.inputs.iter().enumerate() {
             let value: ort::session::SessionInputValue<'_> = match (&f32s[k], &i64s[k]) {
                 (Some(a), _) => TensorRef::from_array_view(a.view())
                     .map_err(ort_error(context()))?
@@ -151,8 +147,8 @@ impl Model {
         };
         let started = Instant::now();
         let outputs = session.run(values).map_err(ort_error(context()))?;
-        let mut result = Vec::with_capacity(self.outputs.len());
-        for spec in &self.outputs {
+        let mut result = Vec::with_capacity(self.entry.outputs.len());
+        for spec in &self.entry.outputs {
             let value = outputs.get(spec.name.as_str()).ok_or_else(|| Error::Ort {
                 context: context(),
                 message: format!("output {} missing", spec.name),
