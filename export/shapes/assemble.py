@@ -125,7 +125,7 @@ def save(parts: dict, out: Path) -> None:
     register_text_proj()
     from diffusers import UnCLIPPipeline
 
-    schedulers = models.schedulers()
+    schedulers = models.schedulers(parts["runs"]["decoder"][1]["config"]["decoder"].get("prediction_type", "epsilon"))
     pipe = UnCLIPPipeline(
         prior=parts["prior"], decoder=parts["decoder"], text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"], text_proj=parts["text_proj"],

@@ -50,15 +50,31 @@ class Schedule:
         return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
 
     def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                    noise: torch.Tensor, vlb_weight: float = 0.001) -> tuple[torch.Tensor, dict]:
-        """L_simple + λ·T·L_t for a 6-channel output (ε, v) at uniformly sampled t. With uniform t,
-        T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 — the same
-        number improved-diffusion's `loss = mse + vb` computes."""
+                    noise: torch.Tensor, vlb_weight: float = 0.001, prediction_type: str = "epsilon",
+                    snr_cap: float = 5.0) -> tuple[torch.Tensor, dict]:
+        """L_simple + λ·T·L_t for a 6-channel output (ε or x₀, then v) at uniformly sampled t. With
+        uniform t, T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 —
+        the same number improved-diffusion's `loss = mse + vb` computes.
+
+        `prediction_type` is the decoder scheduler's: "epsilon" (GLIDE, Karlo) makes L_simple
+        ‖ε̂ − ε‖²; "sample" makes it (1 + min(SNR_t, γ))·‖x̂₀ − x₀‖², γ = `snr_cap`: the
+        v-objective, ‖v̂ − v‖² = (1 + SNR_t)·‖x̂₀ − x₀‖² (Salimans & Ho 2022, §4), truncated at
+        γ as Min-SNR-γ truncates (Hang et al. 2023) so the nearly clean steps do not dominate. It
+        weighs x̂₀'s error by ≥ 1 at every t, where the ε-loss weighs it by SNR_t ≪ 1 at the first
+        sampling steps — the steps where the decoder must take the colors from its conditioning."""
         c = x0.shape[1]
-        eps, v = output.float().split(c, dim=1)
-        mse = (eps - noise).square().mean(dim=(1, 2, 3))
+        pred, v = output.float().split(c, dim=1)
+        if prediction_type == "epsilon":
+            mse = (pred - noise).square().mean(dim=(1, 2, 3))
+            x0_pred = self._at(self.sqrt_recip_ac, t, xt) * xt - self._at(self.sqrt_recipm1_ac, t, xt) * pred
+        elif prediction_type == "sample":
+            snr = self._at(self.sqrt_recipm1_ac, t, pred).square().reciprocal()
+            mse = ((1.0 + snr.clamp(max=snr_cap)) * (pred - x0).square()).mean(dim=(1, 2, 3))
+            x0_pred = pred
+        else:
+            raise ValueError(f"prediction_type {prediction_type!r}: the decoder trains 'epsilon' or 'sample'")
         # Stop-gradient on the mean: L_vlb trains only the variance (improved-diffusion's `frozen_out`).
-        x0_pred = self._at(self.sqrt_recip_ac, t, xt) * xt - self._at(self.sqrt_recipm1_ac, t, xt) * eps.detach()
+        x0_pred = x0_pred.detach()
         mean_pred = self._at(self.post_coef_x0, t, xt) * x0_pred + self._at(self.post_coef_xt, t, xt) * xt
         frac = (v + 1) / 2
         min_log = self._at(self.post_log_var, t, xt)

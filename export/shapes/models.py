@@ -174,15 +174,16 @@ def super_res(cfg: dict):
     )
 
 
-def schedulers() -> dict:
+def schedulers(decoder_prediction: str = "epsilon") -> dict:
     """Karlo's three schedulers (diffusers scripts/convert_kakao_brain_unclip_to_diffusers.py):
-    squaredcos_cap_v2 betas, 1000 train steps."""
+    squaredcos_cap_v2 betas, 1000 train steps; the decoder's predicts what its training did
+    (train_decoder.py `prediction_type`)."""
     from diffusers import UnCLIPScheduler
 
     return {
         "prior_scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
                                            num_train_timesteps=1000, clip_sample_range=5.0),
-        "decoder_scheduler": UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",
+        "decoder_scheduler": UnCLIPScheduler(variance_type="learned_range", prediction_type=decoder_prediction,
                                              num_train_timesteps=1000),
         "super_res_scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
                                                num_train_timesteps=1000),

@@ -33,7 +33,7 @@ from clip_model import ClipTowers  # noqa: E402
 from diffusion import Schedule  # noqa: E402
 from embed_scenes import DEFAULT_OUT, load_scenes  # noqa: E402
 from render import render, to_array  # noqa: E402
-from train_decoder import DecoderWithProj  # noqa: E402
+from train_decoder import DecoderWithProj, prediction_type  # noqa: E402
 
 
 def border_rgb(x: torch.Tensor) -> np.ndarray:
@@ -71,9 +71,12 @@ def main() -> None:
         noise = torch.randn(x0.shape, generator=g)
         xt = schedule.q_sample(torch.zeros_like(x0), t, noise)
         with torch.no_grad():
-            eps = model(xt, t, data["image_embeds"][:n], text_embeds, states, mask)[:, :3]
-        x0_pred = (schedule._at(schedule.sqrt_recip_ac, t, xt) * xt
-                   - schedule._at(schedule.sqrt_recipm1_ac, t, xt) * eps).clamp(-1, 1)
+            out = model(xt, t, data["image_embeds"][:n], text_embeds, states, mask)[:, :3]
+        if prediction_type(state["config"]) == "sample":
+            x0_pred = out.clamp(-1, 1)
+        else:
+            x0_pred = (schedule._at(schedule.sqrt_recip_ac, t, xt) * xt
+                       - schedule._at(schedule.sqrt_recipm1_ac, t, xt) * out).clamp(-1, 1)
         pred = border_rgb(x0_pred)
         nearest = lambda rgb: np.argmin(((palette[None] - rgb[:, None]) ** 2).sum(-1), axis=1)  # noqa: E731
         right = (nearest(pred) == nearest(truth)).mean()

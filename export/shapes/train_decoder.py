@@ -45,6 +45,12 @@ from embed_scenes import DEFAULT_OUT, load_scenes  # noqa: E402
 from render import render, to_array  # noqa: E402
 
 
+def prediction_type(config: dict) -> str:
+    """What the decoder's 3 first output channels are: "epsilon" (the default, GLIDE's and Karlo's)
+    or "sample" (x₀; diffusion.py `hybrid_loss`). assemble.py writes it into decoder_scheduler."""
+    return config["decoder"].get("prediction_type", "epsilon")
+
+
 class DecoderWithProj(torch.nn.Module):
     """The two trained modules, stepped and averaged together."""
 
@@ -136,7 +142,8 @@ def main() -> None:
             group["lr"] = training.learning_rate(train, step)
         with training.autocast(train):
             out = model(xt, t, image_embeds, text_embeds, states, mask)
-        loss, parts = schedule.hybrid_loss(out, x0, xt, t, noise, train["vlb_weight"])
+        loss, parts = schedule.hybrid_loss(out, x0, xt, t, noise, train["vlb_weight"], prediction_type(config),
+                                           train.get("snr_cap", 5.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("grad_clip", 1.0))
