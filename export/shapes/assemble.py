@@ -125,7 +125,8 @@ def save(parts: dict, out: Path) -> None:
     register_text_proj()
     from diffusers import UnCLIPPipeline
 
-    schedulers = models.schedulers(parts["runs"]["decoder"][1]["config"]["decoder"].get("prediction_type", "epsilon"))
+    predicts = lambda run, section: parts["runs"][run][1]["config"][section].get("prediction_type", "epsilon")  # noqa: E731
+    schedulers = models.schedulers(predicts("decoder", "decoder"), predicts("super_res", "super_res"))
     pipe = UnCLIPPipeline(
         prior=parts["prior"], decoder=parts["decoder"], text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"], text_proj=parts["text_proj"],
@@ -140,7 +141,8 @@ def save(parts: dict, out: Path) -> None:
     sr = parts[SR1024_PREFIX]
     sr.save_pretrained(tmp / f"{SR1024_PREFIX}_first", safe_serialization=True)
     sr.save_pretrained(tmp / f"{SR1024_PREFIX}_last", safe_serialization=True)
-    schedulers["super_res_scheduler"].save_pretrained(tmp / f"{SR1024_PREFIX}_scheduler")
+    models.schedulers(super_res_prediction=predicts(SR1024_PREFIX, "super_res"))["super_res_scheduler"].save_pretrained(
+        tmp / f"{SR1024_PREFIX}_scheduler")
     (tmp / "shapes_unclip.json").write_text(json.dumps(provenance(parts), indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

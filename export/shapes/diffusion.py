@@ -49,21 +49,19 @@ class Schedule:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
 
-    def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                    noise: torch.Tensor, vlb_weight: float = 0.001, prediction_type: str = "epsilon",
-                    snr_cap: float = 5.0) -> tuple[torch.Tensor, dict]:
-        """L_simple + λ·T·L_t for a 6-channel output (ε or x₀, then v) at uniformly sampled t. With
-        uniform t, T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 —
-        the same number improved-diffusion's `loss = mse + vb` computes.
+    def simple_loss(self, pred: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                    prediction_type: str = "epsilon", snr_cap: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_simple per sample, and the x̂₀ the prediction implies.
 
-        `prediction_type` is the decoder scheduler's: "epsilon" (GLIDE, Karlo) makes L_simple
+        `prediction_type` is the stage scheduler's: "epsilon" (GLIDE, Karlo) makes L_simple
         ‖ε̂ − ε‖²; "sample" makes it (1 + min(SNR_t, γ))·‖x̂₀ − x₀‖², γ = `snr_cap`: the
         v-objective, ‖v̂ − v‖² = (1 + SNR_t)·‖x̂₀ − x₀‖² (Salimans & Ho 2022, §4), truncated at
         γ as Min-SNR-γ truncates (Hang et al. 2023) so the nearly clean steps do not dominate. It
         weighs x̂₀'s error by ≥ 1 at every t, where the ε-loss weighs it by SNR_t ≪ 1 at the first
-        sampling steps — the steps where the decoder must take the colors from its conditioning."""
-        c = x0.shape[1]
-        pred, v = output.float().split(c, dim=1)
+        sampling steps — the steps where a model must take the colors from its conditioning. An
+        ε-model cannot be fixed by weighting alone: at t = 999, x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ
+        multiplies ε̂'s error by 640, and UnCLIPScheduler's first step feeds that x̂₀ (clipped to
+        ±1) into every later one."""
         if prediction_type == "epsilon":
             mse = (pred - noise).square().mean(dim=(1, 2, 3))
             x0_pred = self._at(self.sqrt_recip_ac, t, xt) * xt - self._at(self.sqrt_recipm1_ac, t, xt) * pred
@@ -72,7 +70,18 @@ class Schedule:
             mse = ((1.0 + snr.clamp(max=snr_cap)) * (pred - x0).square()).mean(dim=(1, 2, 3))
             x0_pred = pred
         else:
-            raise ValueError(f"prediction_type {prediction_type!r}: the decoder trains 'epsilon' or 'sample'")
+            raise ValueError(f"prediction_type {prediction_type!r}: training knows 'epsilon' and 'sample'")
+        return mse, x0_pred
+
+    def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor, vlb_weight: float = 0.001, prediction_type: str = "epsilon",
+                    snr_cap: float = 5.0) -> tuple[torch.Tensor, dict]:
+        """L_simple + λ·T·L_t for a 6-channel output (ε or x₀, then v) at uniformly sampled t. With
+        uniform t, T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 —
+        the same number improved-diffusion's `loss = mse + vb` computes."""
+        c = x0.shape[1]
+        pred, v = output.float().split(c, dim=1)
+        mse, x0_pred = self.simple_loss(pred, x0, xt, t, noise, prediction_type, snr_cap)
         # Stop-gradient on the mean: L_vlb trains only the variance (improved-diffusion's `frozen_out`).
         x0_pred = x0_pred.detach()
         mean_pred = self._at(self.post_coef_x0, t, xt) * x0_pred + self._at(self.post_coef_xt, t, xt) * xt

@@ -174,10 +174,10 @@ def super_res(cfg: dict):
     )
 
 
-def schedulers(decoder_prediction: str = "epsilon") -> dict:
+def schedulers(decoder_prediction: str = "epsilon", super_res_prediction: str = "epsilon") -> dict:
     """Karlo's three schedulers (diffusers scripts/convert_kakao_brain_unclip_to_diffusers.py):
-    squaredcos_cap_v2 betas, 1000 train steps; the decoder's predicts what its training did
-    (train_decoder.py `prediction_type`)."""
+    squaredcos_cap_v2 betas, 1000 train steps; the decoder's and the upsamplers' predict what their
+    training did (train_decoder.py / train_superres.py `prediction_type`)."""
     from diffusers import UnCLIPScheduler
 
     return {
@@ -185,7 +185,7 @@ def schedulers(decoder_prediction: str = "epsilon") -> dict:
                                            num_train_timesteps=1000, clip_sample_range=5.0),
         "decoder_scheduler": UnCLIPScheduler(variance_type="learned_range", prediction_type=decoder_prediction,
                                              num_train_timesteps=1000),
-        "super_res_scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
+        "super_res_scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type=super_res_prediction,
                                                num_train_timesteps=1000),
     }
 

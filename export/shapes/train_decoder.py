@@ -85,7 +85,7 @@ def main() -> None:
     ap = training.arguments(__doc__, "decoder")
     ap.add_argument("--clip-run", type=Path, default=training.RUNS / "clip")
     ap.add_argument("--scenes", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--init-from", type=Path, help="a decoder run directory whose weights start this new run")
+    training.add_init_from(ap)
     args = ap.parse_args()
     config = models.load_config(args.config)
     run = training.Run(args, config)
@@ -100,23 +100,13 @@ def main() -> None:
     model = DecoderWithProj(config["decoder"], embed_dim).train()
     ema = training.EMA(model, train["ema_decay"])
     opt = training.optimizer(model.parameters(), train)
-    start = 0
-    if (state := run.load()) is not None:
+
+    def same_clip(state: dict, where) -> None:
         if state["clip_step"] != clip.step:
-            raise SystemExit(f"{run.dir} was trained on CLIP step {state['clip_step']}, the CLIP run is at step "
+            raise SystemExit(f"{where} was trained on CLIP step {state['clip_step']}, the CLIP run is at step "
                              f"{clip.step}: start a new run (another --run-dir) for the new CLIP")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-    elif args.init_from is not None:
-        init = training.require_run(args.init_from, "decoder")
-        if init["clip_step"] != clip.step:
-            raise SystemExit(f"{args.init_from} was trained on CLIP step {init['clip_step']}, not {clip.step}")
-        model.load_state_dict(init["model"])
-        ema.load_state_dict(init["ema"])
-        opt.load_state_dict(init["optimizer"])
-        run.log(f"initialized from {args.init_from} at its step {init['step']}")
+
+    start = training.restore(run, args.init_from, "decoder", model, ema, opt, same_clip)
     rng = np.random.default_rng(seed)
     diff = check_short_states(model, clip, [world.caption(scenes[i], rng) for i in range(3)] + [""], embed_dim)
     run.log(f"decoder {models.count_parameters(model.decoder) / 1e6:.2f} M + text_proj "

@@ -1,8 +1,14 @@
-"""Trains a super-resolution stage: UNet2DModel on cat(noisy high-res, upsampled low-res), ε
+"""Trains a super-resolution stage: UNet2DModel on cat(noisy high-res, upsampled low-res), ε or x₀
 prediction, 4× (64→256 with `--config superres_256`, 256→1024 with `--config superres_1024`).
 
     python export/shapes/train_superres.py --config superres_256|superres_1024 [--threads N]
-                                           [--max-steps N] [--max-minutes M]
+                                           [--max-steps N] [--max-minutes M] [--init-from RUN]
+
+`prediction_type` in the config's `super_res` section: "epsilon" (Karlo's) or "sample". The ε
+upsamplers drew the right shapes in the wrong colors (64→256 with 7 steps: mean color off by 50–110
+levels per channel), because their x̂₀ at t ≥ 980 was off by 40–76 levels and UnCLIPScheduler's
+first step (999 → 832) passes it on with weight √ᾱ₈₃₂ = 0.26; the `*_x0` configs fine-tune them to
+predict x₀ (diffusion.py `simple_loss`).
 
 As DALL·E 2 (§2.1 and appendix C) and Karlo: the model is fully convolutional (no attention), so
 it trains on random crops of the high-res image (`crop`, biased towards object edges, where all
@@ -111,8 +117,15 @@ def check_upsampled_crop(size: int, crop: int) -> float:
     return worst
 
 
+def prediction_type(config: dict) -> str:
+    """What the upsampler predicts: "epsilon" (the default, Karlo's) or "sample" (x₀; diffusion.py
+    `simple_loss`). assemble.py writes it into the upsampler's scheduler."""
+    return config["super_res"].get("prediction_type", "epsilon")
+
+
 def main() -> None:
     ap = training.arguments(__doc__, "superres_256")
+    training.add_init_from(ap)
     args = ap.parse_args()
     config = models.load_config(args.config)
     run = training.Run(args, config)
@@ -124,12 +137,7 @@ def main() -> None:
     model = models.super_res(config["super_res"]).train()
     ema = training.EMA(model, train["ema_decay"])
     opt = training.optimizer(model.parameters(), train)
-    start = 0
-    if (state := run.load()) is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = training.restore(run, args.init_from, "super_res", model, ema, opt)
     diff = check_upsampled_crop(size, crop)
     run.log(f"super-res {low_size}→{size}: {models.count_parameters(model) / 1e6:.2f} M parameters, "
             f"crops {crop}², crop upsampling = full upsampling within {diff:.1e}")
@@ -152,7 +160,8 @@ def main() -> None:
             group["lr"] = training.learning_rate(train, step)
         with training.autocast(train):
             pred = model(torch.cat([xt, cond], dim=1), t).sample
-        loss = (pred.float() - noise).square().mean()
+        loss = schedule.simple_loss(pred.float(), high, xt, t, noise, prediction_type(config),
+                                    train.get("snr_cap", 5.0))[0].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("grad_clip", 1.0))

@@ -42,6 +42,13 @@ def arguments(description: str, default_config: str) -> argparse.ArgumentParser:
     return ap
 
 
+def add_init_from(ap: argparse.ArgumentParser) -> None:
+    """`--init-from RUN`, for the scripts that fine-tune (`restore`)."""
+    ap.add_argument("--init-from", type=Path,
+                    help="a run directory of the same kind whose weights, EMA and optimizer start this new run "
+                         "(a fine-tune with another config; ignored when the run already has a checkpoint)")
+
+
 class Run:
     """A run directory: config snapshot, log, metrics and the checkpoint."""
 
@@ -216,6 +223,27 @@ def train_loop(run: Run, step_fn, state_fn, start_step: int) -> int:
     run.save(state_fn(step))
     run.log(f"stopped at step {step}: {reason}; saved {run.checkpoint_path}")
     return step
+
+
+def restore(run: Run, init_from: Path | None, kind: str, model: torch.nn.Module, ema: "EMA",
+            opt: torch.optim.Optimizer, check=None) -> int:
+    """Resumes `run` from its checkpoint, or else starts it from `init_from`'s weights, EMA and
+    optimizer (`--init-from`); returns the step to start at. `check(state, where)` may refuse a
+    checkpoint (e.g. one trained on another CLIP)."""
+    if (state := run.load()) is not None:
+        where, start = run.dir, state["step"]
+    elif init_from is not None:
+        state, where, start = require_run(init_from, kind), init_from, 0
+    else:
+        return 0
+    if check is not None:
+        check(state, where)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    if start == 0:
+        run.log(f"initialized from {where} at its step {state['step']}")
+    return start
 
 
 def require_run(path: Path, what: str) -> dict:
