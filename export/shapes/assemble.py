@@ -40,6 +40,10 @@ import world  # noqa: E402
 from _common import load_unclip, register_text_proj  # noqa: E402
 
 DEFAULT_OUT = training.RUNS / "shapes-unclip"
+# The runs models/shapes is made of (train_all.sh trains them): the decoder and the upsamplers are
+# the x₀-predicting fine-tunes of the ε runs (train_decoder.py, train_superres.py).
+SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0"), ("sr256", "superres_256_x0"),
+                ("sr1024", "superres_1024_x0"))
 SR1024_PREFIX = "super_res_1024"
 
 
@@ -174,14 +178,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--runs", type=Path, default=training.RUNS, help="directory holding the default run names")
-    for flag, name in (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder"), ("sr256", "superres_256"),
-                       ("sr1024", "superres_1024")):
+    for flag, name in SHIPPED_RUNS:
         ap.add_argument(f"--{flag}", type=Path, help=f"run directory (default RUNS/{name})")
     ap.add_argument("--no-check", action="store_true", help="skip the diffusers generation check")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for flag, name in (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder"), ("sr256", "superres_256"),
-                       ("sr1024", "superres_1024")):
+    for flag, name in SHIPPED_RUNS:
         if getattr(args, flag) is None:
             setattr(args, flag, args.runs / name)
     parts = build(args)

@@ -2,12 +2,14 @@
 # Trains every shapes component and assembles the checkpoint, in two lanes that run side by side
 # (one torch thread each by default: on this 2-core machine two 1-thread processes use the cores
 # better than one 2-thread process, and a 2-thread process collapses when anything else runs):
-#   lane A: CLIP → embed_scenes → decoder      lane B: super-res 64→256 → 256→1024 → prior
+#   lane A: CLIP → embed_scenes → decoder (ε, then x₀)
+#   lane B: super-res 64→256 → 256→1024 (each ε, then x₀) → prior
 # (the decoder needs only CLIP's image embeddings, not the prior, so it starts as soon as the scenes
 # are embedded; the prior, 4× cheaper, waits for them in lane B after the upsamplers).
 # Every step resumes where it stopped, so running this again continues an interrupted training.
 #   export/shapes/train_all.sh [THREADS_PER_LANE] [PYTHON]
-# DECODER_MINUTES=N stops the decoder after N minutes of this invocation (it saves and resumes).
+# DECODER_MINUTES=N stops each decoder run after N minutes of this invocation (it saves and resumes);
+# DECODER_EPS_STEPS (default 5534, the shipped model's) is where the ε decoder hands over to x₀.
 # Logs: export/shapes/runs/<run>/train.log (and lane-a.log / lane-b.log for the whole lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,12 +27,23 @@ b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit
     "$PY" $S/embed_scenes.py --threads "$THREADS"
   fi
   touch "$READY"
-  "$PY" $S/train_decoder.py --threads "$THREADS" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+  # The shipped decoder: 5534 steps of ε prediction, then the x₀ fine-tune (train_decoder.py).
+  "$PY" $S/train_decoder.py --threads "$THREADS" --max-steps "${DECODER_EPS_STEPS:-5534}" \
+    ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+  if ! "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/decoder/checkpoint.pt', weights_only=False)['step'] \
+< ${DECODER_EPS_STEPS:-5534})"; then
+    echo "the ε decoder stopped before step ${DECODER_EPS_STEPS:-5534}: run again to continue"
+    return 1
+  fi
+  "$PY" $S/train_decoder.py --config decoder_x0 --init-from "$RUNS/decoder" --threads "$THREADS" \
+    ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 }
 
 lane_b() {
-  "$PY" $S/train_superres.py --config superres_256 --threads "$THREADS"
-  "$PY" $S/train_superres.py --config superres_1024 --threads "$THREADS"
+  for size in 256 1024; do  # ε prediction, then the x₀ fine-tune (train_superres.py)
+    "$PY" $S/train_superres.py --config superres_$size --threads "$THREADS"
+    "$PY" $S/train_superres.py --config superres_${size}_x0 --init-from "$RUNS/superres_$size" --threads "$THREADS"
+  done
   while [ ! -f "$READY" ]; do
     kill -0 "$LANE_A" 2>/dev/null || { echo "lane A stopped before the scenes were embedded"; return 1; }
     sleep 10
