@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 3u
+#define UNCLIP_ABI_VERSION 4u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -120,6 +120,11 @@ typedef struct unclip_runtime_params {
     const char *openvino_device;          /* "CPU", "GPU", "GPU.1", "NPU"; NULL: "CPU" */
     const char *openvino_cache_dir;       /* compiled-model cache; NULL: none */
     const char *openvino_plugin_path;     /* NULL: UNCLIP_OPENVINO_PLUGIN, then .ort/openvino beside ORT */
+    /* ABI 4 (appended): a host built against ABI 3 passes the smaller struct_size and gets the
+     * default; check unclip_abi_version() >= 4 before relying on it. */
+    int32_t low_memory;                   /* non-zero: a stage's model sessions exist only while the
+                                             stage runs (less peak memory, each generation loads
+                                             them again); default 0 */
 } unclip_runtime_params;
 
 typedef struct unclip_generate_params {

@@ -1,6 +1,6 @@
-//! ABI 2 and 3 of the C interface, through the exported functions: the appended scheduler, η and
-//! size fields (ABI 2), precision and OpenVINO fields (ABI 3), and hosts built against older ABIs
-//! (shorter params structs) still served.
+//! ABI 2, 3 and 4 of the C interface, through the exported functions: the appended scheduler, η
+//! and size fields (ABI 2), precision and OpenVINO fields (ABI 3), low-memory mode (ABI 4), and
+//! hosts built against older ABIs (shorter params structs) still served.
 
 mod common;
 
@@ -42,7 +42,7 @@ unsafe fn generate(
 #[test]
 fn schedulers_eta_size_and_abi1_hosts() {
     unsafe {
-        assert_eq!(unclip_abi_version(), 3);
+        assert_eq!(unclip_abi_version(), 4);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
         let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
@@ -208,5 +208,94 @@ fn abi3_precision_and_openvino_fields() {
         });
         assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
         assert!(message.contains("openvino:TPU"), "{message}");
+    }
+}
+
+/// Runtime and pipeline on `models/tiny` from `params`, then one generation: its status, the
+/// first image's bytes; the handles are freed.
+unsafe fn generate_with_runtime(
+    runtime_params: &unclip_runtime_params,
+    params: &unclip_generate_params,
+) -> (unclip_status, Option<(u32, Vec<u8>)>) {
+    let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
+    assert_eq!(
+        unclip_runtime_create(runtime_params, &mut runtime),
+        unclip_status::UNCLIP_OK
+    );
+    let dir = CString::new(common::tiny_bundle().to_str().unwrap()).unwrap();
+    let mut pipeline: *mut unclip_pipeline = std::ptr::null_mut();
+    assert_eq!(
+        unclip_pipeline_load(runtime, dir.as_ptr(), &mut pipeline),
+        unclip_status::UNCLIP_OK
+    );
+    let generated = generate(pipeline, params);
+    unclip_pipeline_free(pipeline);
+    unclip_runtime_free(runtime);
+    generated
+}
+
+#[test]
+fn abi4_low_memory_field_and_abi3_hosts() {
+    unsafe {
+        let mut rp = std::mem::zeroed::<unclip_runtime_params>();
+        unclip_runtime_params_init(&mut rp);
+        assert_eq!(rp.low_memory, 0);
+        let full = std::mem::size_of::<unclip_runtime_params>();
+        assert_eq!(rp.struct_size, full);
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(
+            (RUNTIME_PARAMS_V2_SIZE, RUNTIME_PARAMS_V3_SIZE, full),
+            (48, 80, 88)
+        );
+
+        // An ABI 3 host: its struct ends before low_memory, whatever follows is never read
+        // (src/capi/tests.rs checks the runtime it gets is not in low-memory mode).
+        let old = unclip_runtime_params {
+            struct_size: RUNTIME_PARAMS_V3_SIZE,
+            low_memory: 1,
+            ..rp
+        };
+        assert_eq!(create(&old), (unclip_status::UNCLIP_OK, String::new()));
+
+        // Between the ABI 3 and ABI 4 sizes: refused, naming the sizes this library takes.
+        let torn = unclip_runtime_params {
+            struct_size: RUNTIME_PARAMS_V3_SIZE + 4,
+            ..rp
+        };
+        assert_eq!(
+            create(&torn),
+            (
+                unclip_status::UNCLIP_INVALID_ARGUMENT,
+                format!(
+                    "invalid unclip_runtime_params: struct_size is {}, which is no ABI version's \
+                     size of this struct ([{RUNTIME_PARAMS_V2_SIZE}, {RUNTIME_PARAMS_V3_SIZE}, \
+                     {full}] or more): initialize it with its *_params_init()",
+                    RUNTIME_PARAMS_V3_SIZE + 4
+                )
+            )
+        );
+
+        // Low-memory mode makes the same image, byte for byte.
+        let mut params = std::mem::zeroed::<unclip_generate_params>();
+        unclip_generate_params_init(&mut params);
+        params.rng = 1; // torch
+        params.seed = 11;
+        params.prior_steps = 2;
+        params.decoder_steps = 3;
+        params.super_res_steps = 2;
+        let (status, normal) = generate_with_runtime(&rp, &params);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        let (status, low) = generate_with_runtime(
+            &unclip_runtime_params {
+                low_memory: 1,
+                ..rp
+            },
+            &params,
+        );
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        let (normal, low) = (normal.unwrap(), low.unwrap());
+        assert_eq!((normal.0, low.0), (256, 256));
+        assert_eq!(normal.1.len(), 256 * 256 * 3);
+        assert!(low.1 == normal.1, "low_memory = 1 changed the image");
     }
 }

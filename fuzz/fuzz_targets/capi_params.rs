@@ -3,8 +3,9 @@
 //! UTF-8, empty, many) through `unclip_generate` on `models/tiny`. Every call returns a status,
 //! never `UNCLIP_INTERNAL` (a caught panic); a progress callback cancels at the first step, so
 //! validation runs in full without the cost of whole generations. Inputs starting with 0xA5 go to
-//! `unclip_runtime_create` instead (ABI 1–3 `unclip_runtime_params`: struct_size, device,
-//! device_id, precision, OpenVINO device names; the plugin path never names a real file).
+//! `unclip_runtime_create` instead (ABI 1–4 `unclip_runtime_params`: struct_size, device,
+//! device_id, precision, OpenVINO device names, low-memory mode; the plugin path never names a
+//! real file).
 #![no_main]
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
@@ -87,8 +88,10 @@ fn runtime_params(data: &[u8]) {
     let mut params = unclip_runtime_params::default();
     unsafe { unclip_runtime_params_init(&mut params) };
     let full = std::mem::size_of::<unclip_runtime_params>();
+    // Branch 3 keeps its number: the committed torn-pointer input takes it.
     params.struct_size = match c.u8() % 4 {
-        0 | 1 => full,
+        0 => full,
+        1 => RUNTIME_PARAMS_V3_SIZE,
         2 => RUNTIME_PARAMS_V2_SIZE,
         _ => c.u32() as usize % (full + 64),
     };
@@ -99,6 +102,7 @@ fn runtime_params(data: &[u8]) {
     params.tensorrt_fp16 = i32::from(c.u8() & 1);
     let device_name = (c.u8() & 1 == 0).then(|| CString::new(c.bytes::<6>().map(|b| b.max(1))).unwrap());
     params.openvino_device = device_name.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    params.low_memory = c.i32(); // read last: earlier inputs keep their meaning
     let plugin = CString::new("/nonexistent/libonnxruntime_providers_openvino_plugin.so").unwrap();
     params.openvino_plugin_path = plugin.as_ptr();
     let mut runtime = std::ptr::null_mut();

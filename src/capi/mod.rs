@@ -10,6 +10,8 @@
 #![allow(clippy::missing_safety_doc)] // every function's safety contract is in unclip.h
 #![allow(non_camel_case_types)] // the C names
 
+#[cfg(test)]
+mod tests;
 mod types;
 
 use std::cell::RefCell;
@@ -30,7 +32,7 @@ use crate::{Error, Pipeline, Runtime};
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -212,6 +214,7 @@ pub unsafe extern "C" fn unclip_runtime_create(
         let mut builder = Runtime::builder()
             .device(device)
             .precision(precision)
+            .low_memory(params.low_memory != 0)
             .tensorrt(TensorRtOptions {
                 fp16: params.tensorrt_fp16 != 0,
                 cache_dir: opt_str(params.tensorrt_cache_dir, "tensorrt_cache_dir")?
@@ -352,6 +355,7 @@ impl HasStructSize for unclip_generate_params {
 impl HasStructSize for unclip_runtime_params {
     const ABI_SIZES: &'static [usize] = &[
         types::RUNTIME_PARAMS_V2_SIZE,
+        types::RUNTIME_PARAMS_V3_SIZE,
         std::mem::size_of::<unclip_runtime_params>(),
     ];
     fn set_struct_size(&mut self, size: usize) {

@@ -38,10 +38,14 @@ pub struct unclip_runtime_params {
     pub openvino_device: *const c_char,
     pub openvino_cache_dir: *const c_char,
     pub openvino_plugin_path: *const c_char,
+    // ABI 4 (appended)
+    pub low_memory: i32,
 }
 
 /// Size of `unclip_runtime_params` before ABI 3 (everything before `precision`).
 pub const RUNTIME_PARAMS_V2_SIZE: usize = std::mem::offset_of!(unclip_runtime_params, precision);
+/// Size of `unclip_runtime_params` in ABI 3 (everything before `low_memory`).
+pub const RUNTIME_PARAMS_V3_SIZE: usize = std::mem::offset_of!(unclip_runtime_params, low_memory);
 
 impl Default for unclip_runtime_params {
     fn default() -> Self {
@@ -58,6 +62,7 @@ impl Default for unclip_runtime_params {
             openvino_device: std::ptr::null(),
             openvino_cache_dir: std::ptr::null(),
             openvino_plugin_path: std::ptr::null(),
+            low_memory: 0,
         }
     }
 }

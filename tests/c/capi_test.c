@@ -2,8 +2,9 @@
  * usage: capi_test BUNDLE_DIR OUT_RGB_FILE [--light]
  * --light: argument validation, loading, text encoding and slerp only (quick checks under
  * memory tools). Otherwise also writes the RGB8 bytes of one generated image (seed 42, torch rng, 2/2/2 steps) for the Rust
- * side to compare with its own API, and checks argument validation, cancellation and two
- * threads sharing one pipeline. Exit code 0 on success. */
+ * side to compare with its own API, and checks argument validation, cancellation, the same
+ * image from a low-memory runtime (ABI 4) and two threads sharing one pipeline. Exit code 0 on
+ * success. */
 #include "unclip.h"
 
 #include <pthread.h>
@@ -178,6 +179,29 @@ int main(int argc, char **argv) {
             fwrite(images[0].data, 1, (size_t)images[0].width * images[0].height * 3, out);
             fclose(out);
         }
+    }
+
+    /* ABI 4: a low-memory runtime (sessions created and dropped per stage) makes the same bytes. */
+    {
+        unclip_runtime_params low_rp;
+        unclip_runtime *low_runtime = NULL;
+        unclip_pipeline *low_pipeline = NULL;
+        unclip_image *low_images = NULL;
+        size_t low_count = 0;
+        unclip_runtime_params_init(&low_rp);
+        CHECK(low_rp.low_memory == 0, "low_memory defaults to 0");
+        low_rp.low_memory = 1;
+        CHECK(unclip_runtime_create(&low_rp, &low_runtime) == UNCLIP_OK, "low-memory runtime");
+        CHECK(unclip_pipeline_load(low_runtime, argv[1], &low_pipeline) == UNCLIP_OK, "low-memory load");
+        small_params(&gp);
+        CHECK(unclip_generate(low_pipeline, &prompt, 1, &gp, &low_images, &low_count) == UNCLIP_OK,
+              "low-memory generate");
+        CHECK(count == 1 && low_count == 1 &&
+                  memcmp(images[0].data, low_images[0].data, (size_t)images[0].width * images[0].height * 3) == 0,
+              "low-memory image equals the normal one");
+        unclip_image_free(low_images, low_count);
+        unclip_pipeline_free(low_pipeline);
+        unclip_runtime_free(low_runtime);
     }
     unclip_image_free(images, count);
 
