@@ -41,8 +41,8 @@ from _common import load_unclip, register_text_proj  # noqa: E402
 
 DEFAULT_OUT = training.RUNS / "shapes-unclip"
 # The runs models/shapes is made of (train_all.sh trains them): the decoder and the upsamplers are
-# the x₀-predicting fine-tunes of the ε runs (train_decoder.py, train_superres.py).
-SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0"), ("sr256", "superres_256_x0"),
+# the x₀-predicting fine-tunes of the ε runs (train_decoder.py, train_superres.py; train_all.sh).
+SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0v"), ("sr256", "superres_256_x0"),
                 ("sr1024", "superres_1024_x0"))
 SR1024_PREFIX = "super_res_1024"
 

@@ -75,10 +75,16 @@ class Schedule:
 
     def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                     noise: torch.Tensor, vlb_weight: float = 0.001, prediction_type: str = "epsilon",
-                    snr_cap: float = 5.0) -> tuple[torch.Tensor, dict]:
+                    snr_cap: float = 5.0, range_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """L_simple + λ·T·L_t for a 6-channel output (ε or x₀, then v) at uniformly sampled t. With
         uniform t, T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 —
-        the same number improved-diffusion's `loss = mse + vb` computes."""
+        the same number improved-diffusion's `loss = mse + vb` computes.
+
+        `range_weight` > 0 adds range_weight·max(|v| − 1, 0)²: L_vlb constrains v only where β_t
+        and β̃_t differ, t ≲ 20 for single steps, and Improved DDPM leaves v unconstrained ("we did
+        not observe the network doing this in practice", §3.1). Ours did: after the x₀ fine-tune
+        v ≈ 14.6 at every t, harmless in training but at sampling, where a 25-step stride widens
+        the gap between log β and log β̃ some 40-fold, it made the last steps' variance explode."""
         c = x0.shape[1]
         pred, v = output.float().split(c, dim=1)
         mse, x0_pred = self.simple_loss(pred, x0, xt, t, noise, prediction_type, snr_cap)
@@ -94,7 +100,12 @@ class Schedule:
         nll = -discretized_gaussian_log_likelihood(x0, mean_pred, 0.5 * log_var_pred).mean(dim=(1, 2, 3)) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
         loss = mse + vlb_weight * self.T * vb
-        return loss.mean(), {"mse": mse.mean().item(), "vb": vb.mean().item()}
+        parts = {"mse": mse.mean().item(), "vb": vb.mean().item()}
+        if range_weight > 0:
+            out_of_range = (v.abs() - 1.0).clamp(min=0.0).square().mean(dim=(1, 2, 3))
+            loss = loss + range_weight * out_of_range
+            parts["v_range"] = out_of_range.mean().item()
+        return loss.mean(), parts
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):

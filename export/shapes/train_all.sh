@@ -2,14 +2,15 @@
 # Trains every shapes component and assembles the checkpoint, in two lanes that run side by side
 # (one torch thread each by default: on this 2-core machine two 1-thread processes use the cores
 # better than one 2-thread process, and a 2-thread process collapses when anything else runs):
-#   lane A: CLIP → embed_scenes → decoder (ε, then x₀)
+#   lane A: CLIP → embed_scenes → decoder (ε, then x₀, then x₀ with v in range)
 #   lane B: super-res 64→256 → 256→1024 (each ε, then x₀) → prior
 # (the decoder needs only CLIP's image embeddings, not the prior, so it starts as soon as the scenes
 # are embedded; the prior, 4× cheaper, waits for them in lane B after the upsamplers).
 # Every step resumes where it stopped, so running this again continues an interrupted training.
 #   export/shapes/train_all.sh [THREADS_PER_LANE] [PYTHON]
 # DECODER_MINUTES=N stops each decoder run after N minutes of this invocation (it saves and resumes);
-# DECODER_EPS_STEPS (default 5534, the shipped model's) is where the ε decoder hands over to x₀.
+# DECODER_EPS_STEPS and DECODER_X0_STEPS (default 5534 and 1998, the shipped model's) are where one
+# decoder run hands over to the next.
 # Logs: export/shapes/runs/<run>/train.log (and lane-a.log / lane-b.log for the whole lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +28,7 @@ b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit
     "$PY" $S/embed_scenes.py --threads "$THREADS"
   fi
   touch "$READY"
-  # The shipped decoder: 5534 steps of ε prediction, then the x₀ fine-tune (train_decoder.py).
+  # The shipped decoder: 5534 steps of ε prediction, 1998 of x₀, then 1500 with v held in range.
   "$PY" $S/train_decoder.py --threads "$THREADS" --max-steps "${DECODER_EPS_STEPS:-5534}" \
     ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
   if ! "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/decoder/checkpoint.pt', weights_only=False)['step'] \
@@ -36,6 +37,14 @@ b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit
     return 1
   fi
   "$PY" $S/train_decoder.py --config decoder_x0 --init-from "$RUNS/decoder" --threads "$THREADS" \
+    --max-steps "${DECODER_X0_STEPS:-1998}" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+  if ! "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/decoder_x0/checkpoint.pt', weights_only=False)['step'] \
+< ${DECODER_X0_STEPS:-1998})"; then
+    echo "the x₀ decoder stopped before step ${DECODER_X0_STEPS:-1998}: run again to continue"
+    return 1
+  fi
+  # ... and with its variance channel held in range (train_decoder.py, diffusion.py `hybrid_loss`).
+  "$PY" $S/train_decoder.py --config decoder_x0v --init-from "$RUNS/decoder_x0" --threads "$THREADS" \
     ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 }
 

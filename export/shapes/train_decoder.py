@@ -14,6 +14,16 @@ image embedding is replaced 10% of the time by text_proj's learned null embeddin
 pipeline's unconditional branch uses) and the caption 50% of the time by the empty prompt.
 Targets are 64×64 renders of the scenes whose embeddings `embed_scenes.py` stored.
 
+`prediction_type` (decoder config, default "epsilon"): "sample" makes the decoder predict x₀,
+trained with the truncated v-weighting (1 + min(SNR, `snr_cap`))·‖x̂₀ − x₀‖² (diffusion.py
+`simple_loss`). This is what made the decoder use its CLIP embedding: probe_decoder.py's background
+error at t = 957 went from 75 (ε, 5534 steps; 80.4 = ignoring the embedding) to 16 after 400 steps
+of x₀ fine-tuning. An ε-model's x̂₀ at the first sampling steps is its output's error times
+√(1/ᾱ − 1) (15 at t = 957, 640 at t = 999): a 3 M-parameter UNet cannot copy x_t that precisely,
+and the ε-loss weighs x̂₀'s error by SNR ≈ 0.004 there, so it never learned to. The decoder
+scheduler's `prediction_type` follows (assemble.py). `variance_range_weight` (train config, default
+0) holds the variance channel in [−1, 1] (diffusion.py `hybrid_loss`).
+
 `offset_noise` (train config, default 0): ε gets an extra per-image, per-channel constant
 N(0, offset²) (Guttenberg 2023, "Diffusion with offset noise"; the same defect as Lin et al. 2024,
 "Common diffusion noise schedules and sample steps are flawed", §3). Without it, the mean color of
@@ -133,7 +143,7 @@ def main() -> None:
         with training.autocast(train):
             out = model(xt, t, image_embeds, text_embeds, states, mask)
         loss, parts = schedule.hybrid_loss(out, x0, xt, t, noise, train["vlb_weight"], prediction_type(config),
-                                           train.get("snr_cap", 5.0))
+                                           train.get("snr_cap", 5.0), train.get("variance_range_weight", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("grad_clip", 1.0))
