@@ -50,13 +50,15 @@ class Schedule:
         return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
 
     def simple_loss(self, pred: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                    prediction_type: str = "epsilon", snr_cap: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    prediction_type: str = "epsilon", snr_cap: float | None = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
         """L_simple per sample, and the x̂₀ the prediction implies.
 
         `prediction_type` is the stage scheduler's: "epsilon" (GLIDE, Karlo) makes L_simple
         ‖ε̂ − ε‖²; "sample" makes it (1 + min(SNR_t, γ))·‖x̂₀ − x₀‖², γ = `snr_cap`: the
         v-objective, ‖v̂ − v‖² = (1 + SNR_t)·‖x̂₀ − x₀‖² (Salimans & Ho 2022, §4), truncated at
-        γ as Min-SNR-γ truncates (Hang et al. 2023) so the nearly clean steps do not dominate. It
+        γ as Min-SNR-γ truncates (Hang et al. 2023), or not at all for None. Uncapped it is the
+        ε-loss's weight plus 1, so the last steps keep the ε-model's precision (with γ = 5 the
+        decoder's L_vlb, which sees x̂₀ with weight ≈ SNR, stayed 30× the ε run's). It
         weighs x̂₀'s error by ≥ 1 at every t, where the ε-loss weighs it by SNR_t ≪ 1 at the first
         sampling steps — the steps where a model must take the colors from its conditioning. An
         ε-model cannot be fixed by weighting alone: at t = 999, x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ
@@ -67,7 +69,8 @@ class Schedule:
             x0_pred = self._at(self.sqrt_recip_ac, t, xt) * xt - self._at(self.sqrt_recipm1_ac, t, xt) * pred
         elif prediction_type == "sample":
             snr = self._at(self.sqrt_recipm1_ac, t, pred).square().reciprocal()
-            mse = ((1.0 + snr.clamp(max=snr_cap)) * (pred - x0).square()).mean(dim=(1, 2, 3))
+            weight = 1.0 + (snr if snr_cap is None else snr.clamp(max=snr_cap))
+            mse = (weight * (pred - x0).square()).mean(dim=(1, 2, 3))
             x0_pred = pred
         else:
             raise ValueError(f"prediction_type {prediction_type!r}: training knows 'epsilon' and 'sample'")
@@ -75,7 +78,7 @@ class Schedule:
 
     def hybrid_loss(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                     noise: torch.Tensor, vlb_weight: float = 0.001, prediction_type: str = "epsilon",
-                    snr_cap: float = 5.0, range_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+                    snr_cap: float | None = 5.0, range_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """L_simple + λ·T·L_t for a 6-channel output (ε or x₀, then v) at uniformly sampled t. With
         uniform t, T·E_t[L_t] estimates L_vlb, so λ = 0.001 and T = 1000 weigh the per-t term by 1 —
         the same number improved-diffusion's `loss = mse + vb` computes.

@@ -15,8 +15,8 @@ pipeline's unconditional branch uses) and the caption 50% of the time by the emp
 Targets are 64×64 renders of the scenes whose embeddings `embed_scenes.py` stored.
 
 `prediction_type` (decoder config, default "epsilon"): "sample" makes the decoder predict x₀,
-trained with the truncated v-weighting (1 + min(SNR, `snr_cap`))·‖x̂₀ − x₀‖² (diffusion.py
-`simple_loss`). This is what made the decoder use its CLIP embedding: probe_decoder.py's background
+trained with the v-weighting (1 + SNR)·‖x̂₀ − x₀‖², truncated at `snr_cap` unless it is null
+(diffusion.py `simple_loss`). This is what made the decoder use its CLIP embedding: probe_decoder.py's background
 error at t = 957 went from 75 (ε, 5534 steps; 80.4 = ignoring the embedding) to 16 after 400 steps
 of x₀ fine-tuning. An ε-model's x̂₀ at the first sampling steps is its output's error times
 √(1/ᾱ − 1) (15 at t = 957, 640 at t = 999): a 3 M-parameter UNet cannot copy x_t that precisely,
