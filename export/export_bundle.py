@@ -408,8 +408,9 @@ def main() -> None:
 
         sr_dims = {k: batch0 for k in ["sample", "timestep", "noise_pred"]}
         # GroupNorm over 1024² maps: ONNX Runtime's InstanceNormalization sums ~10⁶ values per
-        # group in a different order than torch: 2.3e-4 measured on the shapes 256 → 1024 upsampler.
-        tol = 1e-3 if size >= 512 else None
+        # group in a different order than torch: 2.3e-4 measured on the shapes 256 → 1024 ε
+        # upsampler, 1.5e-3 on its x₀ fine-tune — a fifth of one 8-bit level (2/255 = 7.8e-3).
+        tol = 3e-3 if size >= 512 else None
         ex.export(f"{prefix}_first", SuperRes(first), sr_inputs(TRACE_BATCH), ["noise_pred"], sr_dims, sr_inputs, tol)
         del first
         last = load(UNet2DModel, f"{prefix}_last")

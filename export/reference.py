@@ -53,6 +53,13 @@ CASES = {
     "variation_per2": dict(variation=True, image="gray_160x240.png", images_per_prompt=2, seed=8, stages=(0, 5, 2),
                            gs=(0.0, 4.0)),
 }
+# Cases for the trained shapes checkpoint (export/shapes/assemble.py), not tiny-karlo: run with
+# `--checkpoint export/shapes/runs/shapes-unclip --out tests/fixtures/ref-shapes --case shapes_default`.
+# The bundle's default settings (25/25/7 steps, guidance 4/8) and the 64→256 upsampler, which is
+# what UnCLIPPipeline runs (it has no 256→1024 stage).
+CHECKPOINT_CASES = {
+    "shapes_default": dict(prompt="a red circle on a blue background", seed=0, stages=(25, 25, 7), gs=(4.0, 8.0)),
+}
 # diffusers' UnCLIPScheduler.set_timesteps(1) divides by zero ((T-1)/(N-1)): no reference exists for
 # one step; the Rust scheduler defines it (see src/schedulers/unclip.rs) and this is recorded here.
 UNSUPPORTED = {"steps1": "UnCLIPScheduler.set_timesteps(1) raises ZeroDivisionError in diffusers 0.42.1"}
@@ -264,7 +271,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=TINY_KARLO)
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "ref")
-    ap.add_argument("--case", action="append", help="only these cases")
+    ap.add_argument("--case", action="append",
+                    help=f"only these cases (default: every tiny-karlo case; also {', '.join(CHECKPOINT_CASES)})")
     args = ap.parse_args()
     torch.set_num_threads(1)  # reproducible reductions
     text_pipe = load_unclip(args.checkpoint)
@@ -274,9 +282,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.case or list(CASES)
     for name in names:
-        case = run_case(name, CASES[name], args.out, text_pipe, var_pipe)
+        case = run_case(name, {**CASES, **CHECKPOINT_CASES}[name], args.out, text_pipe, var_pipe)
         print(f"{name}: {len(case['noise'])} noise draws, {len(case['files'])} tensors")
-    (args.out / "unsupported.json").write_text(json.dumps(UNSUPPORTED, indent=1) + "\n")
+    if args.case is None:
+        (args.out / "unsupported.json").write_text(json.dumps(UNSUPPORTED, indent=1) + "\n")
 
 
 if __name__ == "__main__":
