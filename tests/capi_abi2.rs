@@ -45,17 +45,7 @@ fn schedulers_eta_size_and_abi1_hosts() {
         assert_eq!(unclip_abi_version(), 4);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
-        let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
-        assert_eq!(
-            unclip_runtime_create(&rp, &mut runtime),
-            unclip_status::UNCLIP_OK
-        );
-        let dir = CString::new(common::tiny_bundle().to_str().unwrap()).unwrap();
-        let mut pipeline: *mut unclip_pipeline = std::ptr::null_mut();
-        assert_eq!(
-            unclip_pipeline_load(runtime, dir.as_ptr(), &mut pipeline),
-            unclip_status::UNCLIP_OK
-        );
+        let (runtime, pipeline) = tiny_pipeline(&rp);
 
         let mut params = std::mem::zeroed::<unclip_generate_params>();
         unclip_generate_params_init(&mut params);
@@ -211,12 +201,10 @@ fn abi3_precision_and_openvino_fields() {
     }
 }
 
-/// Runtime and pipeline on `models/tiny` from `params`, then one generation: its status, the
-/// first image's bytes; the handles are freed.
-unsafe fn generate_with_runtime(
+/// A runtime from `runtime_params` and a pipeline on `models/tiny`; the caller frees both.
+unsafe fn tiny_pipeline(
     runtime_params: &unclip_runtime_params,
-    params: &unclip_generate_params,
-) -> (unclip_status, Option<(u32, Vec<u8>)>) {
+) -> (*mut unclip_runtime, *mut unclip_pipeline) {
     let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
     assert_eq!(
         unclip_runtime_create(runtime_params, &mut runtime),
@@ -228,6 +216,16 @@ unsafe fn generate_with_runtime(
         unclip_pipeline_load(runtime, dir.as_ptr(), &mut pipeline),
         unclip_status::UNCLIP_OK
     );
+    (runtime, pipeline)
+}
+
+/// Runtime and pipeline on `models/tiny` from `params`, then one generation: its status, the
+/// first image's bytes; the handles are freed.
+unsafe fn generate_with_runtime(
+    runtime_params: &unclip_runtime_params,
+    params: &unclip_generate_params,
+) -> (unclip_status, Option<(u32, Vec<u8>)>) {
+    let (runtime, pipeline) = tiny_pipeline(runtime_params);
     let generated = generate(pipeline, params);
     unclip_pipeline_free(pipeline);
     unclip_runtime_free(runtime);
