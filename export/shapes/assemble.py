@@ -38,6 +38,8 @@ training.ensure_import_path()
 import models  # noqa: E402
 import world  # noqa: E402
 from _common import load_unclip, register_text_proj  # noqa: E402
+import train_decoder  # noqa: E402
+import train_superres  # noqa: E402
 
 DEFAULT_OUT = training.RUNS / "shapes-unclip"
 # The runs models/shapes is made of (train_all.sh trains them): the decoder and the upsamplers are
@@ -129,8 +131,9 @@ def save(parts: dict, out: Path) -> None:
     register_text_proj()
     from diffusers import UnCLIPPipeline
 
-    predicts = lambda run, section: parts["runs"][run][1]["config"][section].get("prediction_type", "epsilon")  # noqa: E731
-    schedulers = models.schedulers(predicts("decoder", "decoder"), predicts("super_res", "super_res"))
+    config = lambda run: parts["runs"][run][1]["config"]  # noqa: E731
+    schedulers = models.schedulers(train_decoder.prediction_type(config("decoder")),
+                                   train_superres.prediction_type(config("super_res")))
     pipe = UnCLIPPipeline(
         prior=parts["prior"], decoder=parts["decoder"], text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"], text_proj=parts["text_proj"],
@@ -145,7 +148,8 @@ def save(parts: dict, out: Path) -> None:
     sr = parts[SR1024_PREFIX]
     sr.save_pretrained(tmp / f"{SR1024_PREFIX}_first", safe_serialization=True)
     sr.save_pretrained(tmp / f"{SR1024_PREFIX}_last", safe_serialization=True)
-    models.schedulers(super_res_prediction=predicts(SR1024_PREFIX, "super_res"))["super_res_scheduler"].save_pretrained(
+    sr1024_prediction = train_superres.prediction_type(config(SR1024_PREFIX))
+    models.schedulers(super_res_prediction=sr1024_prediction)["super_res_scheduler"].save_pretrained(
         tmp / f"{SR1024_PREFIX}_scheduler")
     (tmp / "shapes_unclip.json").write_text(json.dumps(provenance(parts), indent=2) + "\n")
     if out.exists():

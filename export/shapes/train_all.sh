@@ -20,6 +20,13 @@ S=export/shapes
 RUNS=$S/runs
 mkdir -p "$RUNS"
 
+# reached RUN STEPS: the run's checkpoint is at STEPS or later (a run stopped early by
+# DECODER_MINUTES must not hand over to the next one).
+reached() {
+  "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/$1/checkpoint.pt', weights_only=False)['step'] < $2)" \
+    || { echo "$1 stopped before step $2: run again to continue"; return 1; }
+}
+
 lane_a() {
   "$PY" $S/train_clip.py --threads "$THREADS"
   # The scene embeddings depend on the CLIP checkpoint: re-embed when CLIP moved on.
@@ -31,18 +38,10 @@ b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit
   # The shipped decoder: 5534 steps of ε prediction, 1998 of x₀, then 1500 with v held in range.
   "$PY" $S/train_decoder.py --threads "$THREADS" --max-steps "${DECODER_EPS_STEPS:-5534}" \
     ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
-  if ! "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/decoder/checkpoint.pt', weights_only=False)['step'] \
-< ${DECODER_EPS_STEPS:-5534})"; then
-    echo "the ε decoder stopped before step ${DECODER_EPS_STEPS:-5534}: run again to continue"
-    return 1
-  fi
+  reached decoder "${DECODER_EPS_STEPS:-5534}" || return 1
   "$PY" $S/train_decoder.py --config decoder_x0 --init-from "$RUNS/decoder" --threads "$THREADS" \
     --max-steps "${DECODER_X0_STEPS:-1998}" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
-  if ! "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/decoder_x0/checkpoint.pt', weights_only=False)['step'] \
-< ${DECODER_X0_STEPS:-1998})"; then
-    echo "the x₀ decoder stopped before step ${DECODER_X0_STEPS:-1998}: run again to continue"
-    return 1
-  fi
+  reached decoder_x0 "${DECODER_X0_STEPS:-1998}" || return 1
   # ... and with its variance channel held in range (train_decoder.py, diffusion.py `hybrid_loss`).
   "$PY" $S/train_decoder.py --config decoder_x0v --init-from "$RUNS/decoder_x0" --threads "$THREADS" \
     ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
