@@ -3,7 +3,8 @@ in one invocation; writes `docs/benchmarks.md` (table) and `docs/benchmarks.json
 Run through `scripts/bench-compare`.
 
     python export/bench_compare.py CHECKPOINT BUNDLE [--unclip target/release/unclip] [--threads 2]
-        [--runs 1] [--configs 25/25/7x1,5/5/2x1,5/5/2x4] [--out docs/benchmarks] [--title TEXT]
+        [--runs 1] [--warmup 1] [--configs 25/25/7x1,5/5/2x1,5/5/2x4] [--ablations 5/5/2x1|none]
+        [--modes SUBSTRINGS] [--update] [--out docs/benchmarks] [--title TEXT]
 
 Modes: diffusers fp32 and diffusers bf16 autocast (its fastest CPU setting, `bench_diffusers.py`);
 unclip exact (`--device cpu`, f32) and fast (`--device openvino --precision auto`). A mode that
@@ -14,7 +15,18 @@ Per mode and config: one cold process (load + one generation: the cold start, th
 peak RSS from the kernel's rusage of that child) and one warm process (`unclip bench` /
 `bench_diffusers.py`, one warmup then --runs timed runs: per-stage and end-to-end medians). Images
 use the torch RNG (`--rng torch`), so each mode's first image is compared with diffusers fp32's
-pixel by pixel (uint8 as both write PNGs: max and mean absolute difference).
+pixel by pixel (uint8 as both write PNGs: max and mean absolute difference). At Karlo size one
+25/25/7 generation takes minutes and the first call's allocations are a fraction of a percent of
+it: `--warmup 0` saves a third of the run.
+
+`--modes "unclip exact"` measures only the modes whose name contains one of the comma-separated
+substrings; with `--update` the rows measured replace those of an existing OUT.json and the rest
+stay (a row measured without diffusers fp32 in the same run has no pixel difference).
+
+Before/after rows (`--ablations CONFIG`, cold `unclip generate` processes, one config): the
+OpenVINO compiled-model cache (a first load that compiles vs a load from a populated cache
+directory) and `--low-memory` (peak RSS of a generation with every stage's sessions resident vs
+one stage at a time).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +63,11 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # killed: say by what, the table shows the last line
+        name = signal.Signals(-code).name
+        why = " (out of memory: the kernel's OOM killer)" if code == -signal.SIGKILL else ""
+        raise RuntimeError(f"{' '.join(cmd)}\n{stderr[-2000:]}\nkilled by {name}{why}, peak RSS "
+                           f"{usage.ru_maxrss / 1024:.0f} MiB")
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{stderr[-3000:]}")
     return wall, usage.ru_maxrss / 1024, stdout
@@ -71,21 +89,27 @@ def diffusers_mode(args, config: dict, autocast: bool, work: Path) -> dict:
         base += ["--autocast", "bf16"]
     image = work / f"diffusers-{'bf16' if autocast else 'fp32'}-{config['name'].replace('/', '_')}.npy"
     cold, rss, _ = run_measured(base + ["--runs", "1", "--warmup", "0", "--save-image", str(image)])
-    _, _, stdout = run_measured(base + ["--runs", str(args.runs), "--warmup", "1"])
+    _, _, stdout = run_measured(base + ["--runs", str(args.runs), "--warmup", str(args.warmup)])
     warm = json.loads(stdout)
     pixels = (np.load(image)[0] * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil
     return {"cold_seconds": cold, "peak_rss_mib": rss, "total": warm["total"]["median"],
             "stages": {k: v["median"] for k, v in warm["stages"].items()}, "pixels": pixels}
 
 
-def unclip_mode(args, config: dict, device_flags: list[str], work: Path) -> dict:
-    common = ["--model", str(args.bundle), "--rng", "torch", "--seed", str(SEED), "--threads", str(args.threads),
+def unclip_flags(args, config: dict, device_flags: list[str]) -> list[str]:
+    return ["--model", str(args.bundle), "--rng", "torch", "--seed", str(SEED), "--threads", str(args.threads),
               "--num-images", str(config["batch"]), "--prior-steps", str(config["prior"]),
               "--decoder-steps", str(config["decoder"]), "--sr-steps", str(config["sr"]), "--size", "256",
               *device_flags]
+
+
+def unclip_mode(args, config: dict, device_flags: list[str], work: Path) -> dict:
+    # The OpenVINO compile cache lives in this run's work directory: the cold process compiles
+    # (and fills it), the warm one loads from it, whatever earlier runs left in ~/.cache.
+    common = unclip_flags(args, config, [*device_flags, "--openvino-cache-dir", str(work / "openvino-cache")])
     image = work / f"unclip-{'_'.join(device_flags) or 'cpu'}-{config['name'].replace('/', '_')}.png"
     cold, rss, _ = run_measured([args.unclip, "-q", "generate", PROMPT, "-o", str(image), *common])
-    _, _, stdout = run_measured([args.unclip, "-q", "bench", "--runs", str(args.runs), "--warmup", "1", PROMPT,
+    _, _, stdout = run_measured([args.unclip, "-q", "bench", "--runs", str(args.runs), "--warmup", str(args.warmup), PROMPT,
                                  *common])
     warm = json.loads(stdout)
     first = image if config["batch"] == 1 else image.with_name(f"{image.stem}_0{image.suffix}")
@@ -103,10 +127,18 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (warm process)")
     ap.add_argument("--configs", default="25/25/7x1,5/5/2x1,5/5/2x4")
+    ap.add_argument("--ablations", default="5/5/2x1", help="config of the before/after rows, or none")
+    ap.add_argument("--modes", default=None, help="comma-separated substrings of the mode names to run")
+    ap.add_argument("--update", action="store_true", help="merge into an existing OUT.json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
     ap.add_argument("--title", default=None, help="what was benchmarked (default: the checkpoint's name)")
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args()
+    if args.render:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
+        return
     configs = [parse_config(c) for c in args.configs.split(",")]
     modes = {
         "diffusers fp32": lambda c, w: diffusers_mode(args, c, False, w),
@@ -114,6 +146,9 @@ def main() -> None:
         "unclip exact (cpu f32)": lambda c, w: unclip_mode(args, c, [], w),
         "unclip fast (openvino auto)": lambda c, w: unclip_mode(args, c, ["--device", "openvino", "--precision", "auto"], w),
     }
+    if args.modes:
+        wanted = [m.strip() for m in args.modes.split(",")]
+        modes = {name: fn for name, fn in modes.items() if any(w in name for w in wanted)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -129,22 +164,65 @@ def main() -> None:
                     results.append({"config": config["name"], "mode": mode, "unavailable": reason})
                     continue
                 pixels = r.pop("pixels")
-                if reference is None:
+                if mode == "diffusers fp32":
                     reference = pixels.astype(np.int16)
-                if pixels.shape == reference.shape:
+                if reference is not None and pixels.shape == reference.shape:
                     diff = np.abs(pixels.astype(np.int16) - reference)
                     r["pixel_diff_vs_diffusers_fp32"] = {"max": int(diff.max()), "mean": float(diff.mean())}
                 print(f"  {r['total']:.2f} s warm, {r['cold_seconds']:.2f} s cold, {r['peak_rss_mib']:.0f} MiB",
                       file=sys.stderr)
                 results.append({"config": config["name"], "mode": mode, **r})
+        ablations = [] if args.ablations == "none" else measure_ablations(args, parse_config(args.ablations), work)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     report = {"title": args.title or args.checkpoint.name, "prompt": PROMPT, "seed": SEED, "threads": args.threads,
-              "runs": args.runs, "cpu": cpu, "date": time.strftime("%Y-%m-%d"), "results": results}
+              "runs": args.runs, "warmup": args.warmup, "cpu": cpu, "date": time.strftime("%Y-%m-%d"), "results": results,
+              "ablations": ablations}
+    if args.update and args.out.with_suffix(".json").exists():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        measured = {(r["config"], r["mode"]) for r in results}
+        kept = [r for r in old["results"] if (r["config"], r["mode"]) not in measured]
+        order = {(r["config"], r["mode"]): i for i, r in enumerate(old["results"])}
+        report["results"] = sorted(kept + results, key=lambda r: order.get((r["config"], r["mode"]), len(order)))
+        report["ablations"] = ablations or old.get("ablations", [])
+        report["updated"] = sorted(set(old.get("updated", [])) | {f"{c} {m}" for c, m in measured})
+        report["date"] = old["date"]
+        report["title"] = args.title or old["title"]
+        report["updated_date"] = time.strftime("%Y-%m-%d")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}", file=sys.stderr)
+
+
+def measure_ablations(args, config: dict, work: Path) -> list[dict]:
+    """Cold `unclip generate` processes with one setting changed: wall seconds and peak RSS."""
+
+    def cold(flags: list[str]) -> dict:
+        print(f"{config['name']}: unclip generate {' '.join(flags)} …", file=sys.stderr, flush=True)
+        image = work / "ablation.png"
+        wall, rss, _ = run_measured([args.unclip, "-q", "generate", PROMPT, "-o", str(image),
+                                     *unclip_flags(args, config, flags)])
+        print(f"  {wall:.2f} s, {rss:.0f} MiB", file=sys.stderr)
+        return {"flags": flags, "cold_seconds": wall, "peak_rss_mib": rss}
+
+    rows = []
+    fast = ["--device", "openvino", "--precision", "auto"]
+    cache = ["--openvino-cache-dir", str(work / "ablation-cache")]
+    try:
+        before = cold([*fast, "--openvino-cache-dir", "none"])
+        cold([*fast, *cache])  # fills the cache
+        after = cold([*fast, *cache])
+        rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache (fast mode, cold start)",
+                     "before": before, "after": after})
+    except RuntimeError as e:
+        rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache",
+                     "unavailable": str(e).strip().splitlines()[-1]})
+    before = cold([])
+    after = cold(["--low-memory"])
+    rows.append({"config": config["name"], "change": "--low-memory (exact mode, peak RSS)", "before": before,
+                 "after": after})
+    return rows
 
 
 def markdown(report: dict) -> str:
@@ -153,28 +231,55 @@ def markdown(report: dict) -> str:
         "",
         f"Written by `scripts/bench-compare` on {report['date']}: {report['cpu']}, {report['threads']} threads, "
         f"prompt \"{report['prompt']}\", seed {report['seed']}, torch RNG, median of {report['runs']} warm run(s) "
-        "after one warmup. Steps are prior/decoder/super-res × batch. Stage seconds are model time; "
-        "`vs fp32` is diffusers fp32's warm total over the mode's. Pixel differences are against "
+        f"after {report.get('warmup', 1)} warmup run(s) in the same process. Steps are prior/decoder/super-res × batch. Stage seconds are model time; "
+        "`vs fp32` is diffusers fp32's warm total over the mode's; `outside ORT` is unclip's own share of "
+        "wall time (tokenizer, schedulers, guidance, noise, images: everything but `Session::run`). Pixel differences are against "
         "diffusers fp32's first image (uint8).",
+        *(["", f"Rows re-measured on {report['updated_date']} (`--update`, without diffusers in that run, so "
+               f"no pixel difference): {', '.join(report['updated'])}."]
+          if report.get("updated") else []),
         "",
         "| steps × batch | mode | total (s) | vs fp32 | cold start (s) | peak RSS (MiB) | text | prior | decoder "
-        "| sr256 | pixel diff max / mean |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sr256 | outside ORT | pixel diff max / mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fp32 = {r["config"]: r["total"] for r in report["results"] if r["mode"] == "diffusers fp32" and "total" in r}
     for r in report["results"]:
         if "unavailable" in r:
-            lines.append(f"| {r['config']} | {r['mode']} | unavailable: {r['unavailable']} |||||||||")
+            lines.append(f"| {r['config']} | {r['mode']} | unavailable: {r['unavailable']} ||||||||||")
             continue
         s = r["stages"]
         diff = r.get("pixel_diff_vs_diffusers_fp32")
         ratio = fp32.get(r["config"], float("nan")) / r["total"]
         pixel = f"{diff['max']} / {diff['mean']:.3f}" if diff else "—"
+        share = r.get("outside_ort_share")
+        outside = f"{100 * share:.3f}%" if share is not None else "—"
         lines.append(
             f"| {r['config']} | {r['mode']} | {r['total']:.2f} | {ratio:.2f}× | {r['cold_seconds']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {s.get('text', 0):.2f} | {s.get('prior', 0):.2f} | {s.get('decoder', 0):.2f} | "
-            f"{s.get('sr256', 0):.2f} | {pixel} |"
+            f"{s.get('sr256', 0):.2f} | {outside} | {pixel} |"
         )
+    if report.get("ablations"):
+        lines += [
+            "",
+            "## Before / after",
+            "",
+            "One setting changed, cold `unclip generate` processes (load + one generation), "
+            f"{report['ablations'][0]['config']} unless the row says otherwise.",
+            "",
+            "| change | before: seconds / peak RSS (MiB) | after: seconds / peak RSS (MiB) |",
+            "|---|---|---|",
+        ]
+        for a in report["ablations"]:
+            if "unavailable" in a:
+                lines.append(f"| {a['change']} | unavailable: {a['unavailable']} | |")
+                continue
+            if "before_text" in a:  # a change measured across two runs, entered by hand in the JSON
+                lines.append(f"| {a['change']} | {a['before_text']} | {a['after_text']} |")
+                continue
+            b, f = a["before"], a["after"]
+            lines.append(f"| {a['change']} | {b['cold_seconds']:.2f} / {b['peak_rss_mib']:.0f} | "
+                         f"{f['cold_seconds']:.2f} / {f['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

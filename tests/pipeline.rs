@@ -344,3 +344,55 @@ fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
         loaded(&low)
     );
 }
+
+/// `upsampler_batch`: a batch of 3 super-resolved in calls of 1 or 2 images is the batch computed
+/// in one call (no guidance couples the images; noise and scheduler still see the whole batch),
+/// and 0 images per call is refused with a typed error.
+#[test]
+fn upsampler_batch_splits_calls_without_changing_the_images() {
+    let mut request = small("a red circle");
+    request.num_images_per_prompt = Some(3);
+    let run = |images: usize| {
+        let runtime = unclip::Runtime::builder()
+            .upsampler_batch(images)
+            .build()
+            .unwrap();
+        assert_eq!(runtime.upsampler_batch(), images);
+        let pipeline = Pipeline::load(&runtime, common::tiny_bundle()).expect("load models/tiny");
+        let out = pipeline
+            .generate(&request, &mut TorchGenerator::new(11), &mut no_observer())
+            .unwrap();
+        // 2 super-res steps: `first` runs once, `last` once, each in ⌈3 / images⌉ calls.
+        let [first, last] = pipeline.upsamplers()[0].models();
+        let calls = 3usize.div_ceil(images) as u64;
+        assert_eq!(
+            (first.run_count(), last.run_count()),
+            (calls, calls),
+            "{images}"
+        );
+        out.images
+    };
+    let whole = run(3);
+    assert_eq!(whole.len(), 3);
+    assert_ne!(
+        whole[0], whole[1],
+        "the three images must differ for the test to mean anything"
+    );
+    for images in [1, 2] {
+        assert_eq!(run(images), whole, "{images} image(s) per call");
+    }
+    assert_eq!(
+        unclip::Runtime::builder()
+            .build()
+            .unwrap()
+            .upsampler_batch(),
+        1
+    );
+    match unclip::Runtime::builder().upsampler_batch(0).build() {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "upsampler batch");
+            assert!(reason.contains("1 or more"), "{reason}");
+        }
+        other => panic!("expected an invalid-argument error, got {other:?}"),
+    }
+}

@@ -54,6 +54,7 @@ pub struct Runtime {
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
     low_memory: bool,
+    upsampler_batch: usize,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -64,6 +65,7 @@ impl std::fmt::Debug for Runtime {
             .field("device", &self.device)
             .field("precision", &self.precision)
             .field("low_memory", &self.low_memory)
+            .field("upsampler_batch", &self.upsampler_batch)
             .finish()
     }
 }
@@ -78,6 +80,7 @@ pub struct RuntimeBuilder {
     openvino: OpenVinoOptions,
     threads: Option<usize>,
     low_memory: bool,
+    upsampler_batch: Option<usize>,
 }
 
 impl RuntimeBuilder {
@@ -127,8 +130,29 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The most images one super-resolution model call takes (default 1): a larger batch is
+    /// split into calls of this size, with the same result (every image is computed on its own;
+    /// the scheduler and the noise still see the whole batch). A 256² upsampler's activations
+    /// grow with the batch: at Karlo size, 4 images in one call took the exact mode past 24 GB
+    /// (killed), where one at a time keeps it at the batch-1 peak for the same seconds. Raise it
+    /// on a GPU, where a batch fills the device better. 0 is refused at [`RuntimeBuilder::build`].
+    pub fn upsampler_batch(mut self, images: usize) -> Self {
+        self.upsampler_batch = Some(images);
+        self
+    }
+
     /// Loads ONNX Runtime (once per process) and checks the device's providers are available.
     pub fn build(self) -> Result<Runtime> {
+        let upsampler_batch = match self.upsampler_batch {
+            None => 1,
+            Some(0) => {
+                return Err(Error::invalid(
+                    "upsampler batch",
+                    "0 images per super-resolution call: give 1 or more",
+                ))
+            }
+            Some(n) => n,
+        };
         let mut loaded = LOADED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -196,6 +220,7 @@ impl RuntimeBuilder {
             tensorrt: self.tensorrt,
             openvino: self.openvino,
             low_memory: self.low_memory,
+            upsampler_batch,
         })
     }
 }
@@ -238,6 +263,11 @@ impl Runtime {
     /// Whether sessions live only while their stage runs ([`RuntimeBuilder::low_memory`]).
     pub fn is_low_memory(&self) -> bool {
         self.low_memory
+    }
+
+    /// The most images one super-resolution call takes ([`RuntimeBuilder::upsampler_batch`]).
+    pub fn upsampler_batch(&self) -> usize {
+        self.upsampler_batch
     }
 
     pub(crate) fn tensorrt(&self) -> &TensorRtOptions {

@@ -30,6 +30,7 @@ pub struct Model {
     entry: ModelEntry,
     session: Mutex<Option<Session>>,
     run_nanos: AtomicU64,
+    runs: AtomicU64,
 }
 
 impl std::fmt::Debug for Model {
@@ -53,6 +54,7 @@ impl Model {
             entry: entry.clone(),
             session: Mutex::new((!runtime.is_low_memory()).then_some(session)),
             run_nanos: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
         })
     }
 
@@ -90,6 +92,11 @@ impl Model {
     /// Total seconds spent inside `Session::run` so far.
     pub fn run_seconds(&self) -> f64 {
         self.run_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Number of `Session::run` calls so far.
+    pub fn run_count(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Runs the model on `inputs` (in manifest order) and returns its f32 outputs in manifest
@@ -159,6 +166,7 @@ impl Model {
             result.push(array.to_owned());
         }
         drop(outputs);
+        self.runs.fetch_add(1, Ordering::Relaxed);
         self.run_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(result)

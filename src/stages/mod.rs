@@ -111,6 +111,10 @@ impl<'a> ModelCache<'a> {
         }
     }
 
+    pub(crate) fn runtime(&self) -> &Runtime {
+        self.runtime
+    }
+
     pub(crate) fn get(&mut self, key: &str) -> Result<Arc<Model>> {
         if let Some(model) = self.loaded.get(key) {
             return Ok(model.clone());

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{concatenate, Array4, ArrayView4, Axis};
+use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
 
 use super::{report, timestep_batch, ModelCache, Observer, Sampling, Stage};
 use crate::bundle::{Bundle, UpsamplerEntry};
@@ -34,6 +34,8 @@ pub struct Upsampler {
     scheduler: SchedulerConfig,
     sample_size: usize,
     channels: usize,
+    /// Most images per model call ([`crate::runtime::RuntimeBuilder::upsampler_batch`]).
+    call_batch: usize,
     pub default_steps: usize,
 }
 
@@ -55,6 +57,7 @@ impl Upsampler {
             scheduler: super::parse_scheduler(bundle, &entry.name, &entry.scheduler)?,
             sample_size: entry.sample_size,
             channels: entry.in_channels,
+            call_batch: models.runtime().upsampler_batch(),
             default_steps: entry.default_steps,
         })
     }
@@ -114,12 +117,7 @@ impl Upsampler {
                         "latents and upsampled image differ in shape",
                     )
                 })?;
-            let timestep = timestep_batch(t, batch);
-            let mut out = model.run(&[
-                Input::F32(input.view().into_dyn()),
-                Input::I64(timestep.view().into_dyn()),
-            ])?;
-            let prediction: Array4<f32> = into_dim(out.pop(), "super-res prediction")?;
+            let prediction = self.predict(model, input.view(), t)?;
             latents = into_dim(
                 Some(scheduler.step(
                     i,
@@ -135,5 +133,28 @@ impl Upsampler {
             upsampled,
             images: latents,
         })
+    }
+
+    /// The model's prediction for `input` `(batch, 2·channels, S, S)` at timestep `t`, in calls
+    /// of at most `call_batch` images: no guidance couples the images, so each one's prediction
+    /// is the same whichever call computes it.
+    fn predict(&self, model: &Model, input: ArrayView4<'_, f32>, t: i64) -> Result<Array4<f32>> {
+        let batch = input.shape()[0];
+        let mut parts = Vec::with_capacity(batch.div_ceil(self.call_batch));
+        for start in (0..batch).step_by(self.call_batch) {
+            let end = (start + self.call_batch).min(batch);
+            let timestep = timestep_batch(t, end - start);
+            let mut out = model.run(&[
+                Input::F32(input.slice(s![start..end, .., .., ..]).into_dyn()),
+                Input::I64(timestep.view().into_dyn()),
+            ])?;
+            parts.push(into_dim::<ndarray::Ix4>(out.pop(), "super-res prediction")?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        concatenate(Axis(0), &views)
+            .map_err(|_| Error::invalid("super-res prediction", "parts differ in shape"))
     }
 }

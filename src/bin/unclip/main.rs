@@ -86,6 +86,10 @@ struct RuntimeArgs {
     /// not the sum; each run re-creates the sessions).
     #[arg(long)]
     low_memory: bool,
+    /// Most images per super-resolution model call (default 1; larger batches are split, same
+    /// images). Memory grows with it; raise it on a GPU.
+    #[arg(long)]
+    upsampler_batch: Option<usize>,
     /// Path of libonnxruntime (default: ORT_DYLIB_PATH, then the usual places; see README).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -345,6 +349,9 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
             cache_dir: openvino_cache,
         })
         .low_memory(args.low_memory);
+    if let Some(images) = args.upsampler_batch {
+        builder = builder.upsampler_batch(images);
+    }
     if let Some(lib) = &args.ort_lib {
         builder = builder.library(lib);
     }
@@ -899,6 +906,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "device": pipeline.runtime().device().to_string(),
         "precision": pipeline.runtime().precision().to_string(),
         "low_memory": pipeline.runtime().is_low_memory(),
+        "upsampler_batch": pipeline.runtime().upsampler_batch(),
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "runs": args.runs,
