@@ -42,10 +42,10 @@ import train_decoder  # noqa: E402
 import train_superres  # noqa: E402
 
 DEFAULT_OUT = training.RUNS / "shapes-unclip"
-# The runs models/shapes is made of (train_all.sh trains them): the decoder and the upsamplers are
-# the x₀-predicting fine-tunes of the ε runs (train_decoder.py, train_superres.py; train_all.sh).
-SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0v"), ("sr256", "superres_256_x0"),
-                ("sr1024", "superres_1024_x0"))
+# The runs models/shapes is made of (train_all.sh trains them): the decoder and both upsamplers
+# predict x₀ from the start (train_decoder.py, train_superres.py `prediction_type`).
+SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0s"), ("sr256", "superres_256_x0s"),
+                ("sr1024", "superres_1024_x0s"))
 SR1024_PREFIX = "super_res_1024"
 
 
