@@ -4,7 +4,7 @@
 #   docker build -t unclip .
 #   docker run -p 8080:8080 -v /path/to/bundle:/models/default:ro unclip
 #
-# Without a mounted bundle the image serves models/tiny (random weights: a smoke test only).
+# Without a mounted bundle the image serves models/shapes (the default bundle, README "Models").
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip \
@@ -20,7 +20,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 --home-dir /nonexistent unclip
 COPY --from=build /src/target/release/unclip /usr/local/bin/unclip
 COPY --from=build /src/.ort/libonnxruntime.so.1.31.1 /opt/onnxruntime/libonnxruntime.so.1.31.1
-COPY --from=build /src/models/tiny /models/default
+COPY --from=build /src/models/shapes /models/default
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1 \
     UNCLIP_MODEL=/models/default \
     UNCLIP_CACHE_DIR=/tmp/unclip-cache

@@ -285,6 +285,11 @@ def main() -> None:
                     help="weights in a separate .data file: auto = only above protobuf's 2 GB limit")
     ap.add_argument("--name", help="model name recorded in bundle.json (default: checkpoint folder name)")
     ap.add_argument("--no-image-encoder", action="store_true", help="skip the CLIP image tower")
+    ap.add_argument("--prior-guidance-scale", type=float, default=DEFAULTS["prior"][1],
+                    help=f"the bundle's default prior guidance (default {DEFAULTS['prior'][1]:g}, Karlo's)")
+    ap.add_argument("--decoder-guidance-scale", type=float, default=DEFAULTS["decoder"][1],
+                    help=f"the bundle's default decoder guidance (default {DEFAULTS['decoder'][1]:g}, Karlo's; "
+                         "the shapes model's is chosen by export/shapes/eval.py's sweep)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -460,8 +465,8 @@ def main() -> None:
     shortest = feature.get("size", {"shortest_edge": image_size})
     shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
     model_name = args.name or ckpt.resolve().name
-    prior_steps, prior_gs = DEFAULTS["prior"]
-    decoder_steps, decoder_gs = DEFAULTS["decoder"]
+    prior_steps, prior_gs = DEFAULTS["prior"][0], args.prior_guidance_scale
+    decoder_steps, decoder_gs = DEFAULTS["decoder"][0], args.decoder_guidance_scale
     manifest = {
         "format": "unclip-bundle",
         "format_version": FORMAT_VERSION,

@@ -9,11 +9,11 @@ PY=${1:-${PYTHON:-.venv/bin/python}}
 "$PY" export/make_tiny.py tests/fixtures/tiny-karlo
 "$PY" export/export_bundle.py tests/fixtures/tiny-karlo models/tiny --name tiny
 "$PY" export/reference.py --out tests/fixtures/ref
-# The shapes bundle's parity case needs the trained checkpoint (export/shapes/train_all.sh; not committed).
-if [ -d export/shapes/runs/shapes-unclip ]; then
-  "$PY" export/reference.py --checkpoint export/shapes/runs/shapes-unclip --out tests/fixtures/ref-shapes --case shapes_default
+# The shapes bundle's parity case: from the committed shipped checkpoint (export/shapes/checkpoint).
+if [ -d export/shapes/checkpoint ]; then
+  "$PY" export/reference.py --checkpoint export/shapes/checkpoint --out tests/fixtures/ref-shapes --case shapes_default
 else
-  echo "no export/shapes/runs/shapes-unclip: tests/fixtures/ref-shapes left as it is" >&2
+  echo "no export/shapes/checkpoint: tests/fixtures/ref-shapes left as it is" >&2
 fi
 "$PY" export/torch_rng_vectors.py
 "$PY" export/scheduler_reference.py

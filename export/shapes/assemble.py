@@ -3,7 +3,7 @@
     python export/shapes/assemble.py [OUT] [--runs export/shapes/runs] [--clip DIR] [--prior DIR]
                                      [--decoder DIR] [--sr256 DIR] [--sr1024 DIR] [--no-check]
 
-OUT (default export/shapes/runs/shapes-unclip, git-ignored) gets what `UnCLIPPipeline.save_pretrained`
+OUT (default export/shapes/checkpoint, the committed shipped checkpoint) gets what `UnCLIPPipeline.save_pretrained`
 writes for Karlo — model_index.json, tokenizer, text_encoder, prior, text_proj, decoder,
 super_res_first, super_res_last, prior_scheduler, decoder_scheduler, super_res_scheduler — plus,
 beside them and not in model_index.json (so diffusers ignores them):
@@ -41,10 +41,11 @@ from _common import load_unclip, register_text_proj  # noqa: E402
 import train_decoder  # noqa: E402
 import train_superres  # noqa: E402
 
-DEFAULT_OUT = training.RUNS / "shapes-unclip"
+DEFAULT_OUT = training.HERE / "checkpoint"
 # The runs models/shapes is made of (train_all.sh trains them): the decoder and both upsamplers
-# predict x₀ from the start (train_decoder.py, train_superres.py `prediction_type`).
-SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0s"), ("sr256", "superres_256_x0s"),
+# predict x₀ from the start (train_decoder.py, train_superres.py `prediction_type`); the decoder is
+# the last of its three runs (train_all.sh).
+SHIPPED_RUNS = (("clip", "clip"), ("prior", "prior"), ("decoder", "decoder_x0s_ft2"), ("sr256", "superres_256_x0s"),
                 ("sr1024", "superres_1024_x0s"))
 SR1024_PREFIX = "super_res_1024"
 

@@ -9,8 +9,8 @@
 # are embedded; the prior, much cheaper, waits for them in lane B after the upsamplers).
 # Every step resumes where it stopped, so running this again continues an interrupted training.
 #   export/shapes/train_all.sh [THREADS_PER_LANE] [PYTHON]
-# DECODER_MINUTES=N stops the decoder run after N minutes of this invocation (it saves and
-# resumes); DECODER_CONFIG (default decoder_x0s) picks its config.
+# DECODER_MINUTES=N stops each long decoder run after N minutes of this invocation (it saves and
+# resumes).
 # Logs: export/shapes/runs/<run>/train.log (and lane-a.log / lane-b.log for the whole lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +20,14 @@ S=export/shapes
 RUNS=$S/runs
 mkdir -p "$RUNS"
 
+# steps CONFIG: the config's step count; reached RUN STEPS: the run's checkpoint is at STEPS or
+# later (a run stopped early by DECODER_MINUTES must not hand over to the next one).
+steps() { "$PY" -c "import json; print(json.load(open('$S/configs/$1.json'))['train']['steps'])"; }
+reached() {
+  "$PY" -c "import sys, torch; sys.exit(torch.load('$RUNS/$1/checkpoint.pt', weights_only=False)['step'] < $2)" \
+    || { echo "$1 stopped before step $2: run again to continue"; return 1; }
+}
+
 lane_a() {
   "$PY" $S/train_clip.py --threads "$THREADS"
   # The scene embeddings depend on the CLIP checkpoint: re-embed when CLIP moved on.
@@ -28,7 +36,14 @@ b = torch.load('$RUNS/clip/checkpoint.pt', weights_only=False)['step']; sys.exit
     "$PY" $S/embed_scenes.py --threads "$THREADS"
   fi
   touch "$READY"
-  "$PY" $S/train_decoder.py --config "${DECODER_CONFIG:-decoder_x0s}" --threads "$THREADS" \
+  # The shipped decoder: x₀ prediction from scratch at lr 5e-4 until its variance channel began to
+  # fight the range penalty (loss spikes from step ~3650), then lr 2e-4, then λ_vlb 1e-4 (configs;
+  # the step counts are the configs' "steps").
+  "$PY" $S/train_decoder.py --config decoder_x0s --threads "$THREADS" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+  reached decoder_x0s "$(steps decoder_x0s)" || return 1
+  "$PY" $S/train_decoder.py --config decoder_x0s_ft --init-from "$RUNS/decoder_x0s" --threads "$THREADS"
+  reached decoder_x0s_ft "$(steps decoder_x0s_ft)" || return 1
+  "$PY" $S/train_decoder.py --config decoder_x0s_ft2 --init-from "$RUNS/decoder_x0s_ft" --threads "$THREADS" \
     ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 }
 
