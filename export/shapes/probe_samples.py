@@ -42,8 +42,8 @@ def probe_items(n: int, seed: int = 0) -> list[tuple[dict, dict]]:
     seen = [(c, s, b) for c in world.COLORS for s in world.SHAPES for b in world.COLORS if b != c and (c, s, b) not in held]
     out = []
     for k in range(n):
-        group = "held_out" if k % 2 else "one"
-        c, s, b = (world.HELD_OUT if k % 2 else seen)[int(rng.integers(len(world.HELD_OUT) if k % 2 else len(seen)))]
+        group, triples = ("held_out", world.HELD_OUT) if k % 2 else ("one", seen)
+        c, s, b = triples[int(rng.integers(len(triples)))]
         scene = world.scene_from(b, (c, s, world._pick(rng, world.SIZES), "center"), rng=rng)
         text, claims = world.describe(scene, None, world.REQUIRED_FORMS[0])
         out.append((scene, {"group": group, "caption": text, "claims": claims}))
