@@ -117,6 +117,9 @@ def main() -> None:
             logit_scale.copy_(state["logit_scale"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+        if state.get("unpacked") and start < run.max_steps:
+            raise SystemExit(f"{run.dir} was unpacked from {state['unpacked']} (unpack_clip.py): training it further "
+                             "would change the embeddings its decoder was trained on; use another --run-dir")
     zero_shot = ZeroShot(tokenizer)
 
     def step_fn(step: int) -> dict:

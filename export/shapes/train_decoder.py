@@ -91,11 +91,35 @@ def check_short_states(model: DecoderWithProj, clip: ClipTowers, captions: list[
     return diff
 
 
+def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers) -> None:
+    """Loads the decoder and text_proj of an assembled checkpoint (the committed shipped one, to
+    fine-tune it further without its training runs)."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from _common import register_text_proj
+
+    register_text_proj()
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    made_with = json.loads((checkpoint / "shapes_unclip.json").read_text())["components"]["clip"]
+    if made_with["step"] != clip.step or made_with["config"] != clip.config:
+        raise SystemExit(f"{checkpoint}'s decoder was trained on CLIP step {made_with['step']}, the CLIP run is at "
+                         f"step {clip.step}: re-create the run with unpack_clip.py {checkpoint}")
+    model.decoder.load_state_dict(UNet2DConditionModel.from_pretrained(checkpoint / "decoder").state_dict())
+    model.text_proj.load_state_dict(UnCLIPTextProjModel.from_pretrained(checkpoint / "text_proj").state_dict())
+
+
 def main() -> None:
     ap = training.arguments(__doc__, "decoder")
     ap.add_argument("--clip-run", type=Path, default=training.RUNS / "clip")
     ap.add_argument("--scenes", type=Path, default=DEFAULT_OUT)
     training.add_init_from(ap)
+    ap.add_argument("--init-weights", type=Path,
+                    help="a shapes checkpoint directory (assemble.py's output, e.g. export/shapes/checkpoint) whose "
+                         "decoder and text_proj start this new run, with a fresh optimizer; its CLIP must be the "
+                         "CLIP run's (unpack_clip.py)")
     args = ap.parse_args()
     config = models.load_config(args.config)
     run = training.Run(args, config)
@@ -108,6 +132,11 @@ def main() -> None:
     schedule = Schedule()
 
     model = DecoderWithProj(config["decoder"], embed_dim).train()
+    if args.init_weights is not None and run.load() is None:
+        if args.init_from is not None:
+            raise SystemExit("--init-weights and --init-from both start a run: give one")
+        init_weights(model, args.init_weights, clip)
+        run.log(f"initialized from the weights in {args.init_weights} (fresh optimizer)")
     ema = training.EMA(model, train["ema_decay"])
     opt = training.optimizer(model.parameters(), train)
 
