@@ -182,11 +182,10 @@ fn run_case(name: &str) {
 }
 
 fn run_case_on(pipeline: &Pipeline, dir: &Path, name: &str) {
-    let dir = dir.to_path_buf();
-    let case = case_json(&dir);
-    let request = request_of(&case, &dir);
+    let case = case_json(dir);
+    let request = request_of(&case, dir);
 
-    let mut recorded = recorded_noise(&case, &dir);
+    let mut recorded = recorded_noise(&case, dir);
     let generation = pipeline
         .generate(&request, &mut recorded, &mut no_observer())
         .unwrap();
@@ -198,14 +197,14 @@ fn run_case_on(pipeline: &Pipeline, dir: &Path, name: &str) {
         generation.images.len(),
         case["files"]["image"][0].as_u64().unwrap() as usize
     );
-    let report = compare(&case, &dir, &generation);
+    let report = compare(&case, dir, &generation);
     eprintln!("{name} (recorded noise): {report:?}");
 
     let mut torch = TorchGenerator::new(case["seed"].as_u64().unwrap());
     let again = pipeline
         .generate(&request, &mut torch, &mut no_observer())
         .unwrap();
-    compare(&case, &dir, &again);
+    compare(&case, dir, &again);
     // Bit-exact noise: the two runs are the same computation.
     for (a, b) in generation.images.iter().zip(&again.images) {
         assert_eq!(

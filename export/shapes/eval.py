@@ -78,9 +78,7 @@ SMALL_LARGE_R = (world.SIZE_RANGE["small"][1] + world.SIZE_RANGE["large"][0]) / 
 def captions(seed: int = 0) -> list[dict]:
     """The evaluation captions with their claims and group."""
     rng = np.random.default_rng(seed)
-    held = set(world.HELD_OUT)
-    seen = [(c, s, b) for c in world.COLORS for s in world.SHAPES for b in world.COLORS
-            if b != c and (c, s, b) not in held]
+    seen = world.seen_triples()
     out = []
 
     def add(group: str, scene: dict, template: str):

@@ -38,8 +38,7 @@ from train_decoder import DecoderWithProj, prediction_type  # noqa: E402
 def probe_items(n: int, seed: int = 0) -> list[tuple[dict, dict]]:
     """(scene, eval item) pairs: alternately a seen and a held-out triple, small or large, centred."""
     rng = np.random.default_rng(seed)
-    held = set(world.HELD_OUT)
-    seen = [(c, s, b) for c in world.COLORS for s in world.SHAPES for b in world.COLORS if b != c and (c, s, b) not in held]
+    seen = world.seen_triples()
     out = []
     for k in range(n):
         group, triples = ("held_out", world.HELD_OUT) if k % 2 else ("one", seen)

@@ -132,7 +132,7 @@ def main() -> None:
     schedule = Schedule()
 
     model = DecoderWithProj(config["decoder"], embed_dim).train()
-    if args.init_weights is not None and run.load() is None:
+    if args.init_weights is not None and not run.checkpoint_path.exists():
         if args.init_from is not None:
             raise SystemExit("--init-weights and --init-from both start a run: give one")
         init_weights(model, args.init_weights, clip)

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import training  # noqa: E402
 
 training.ensure_import_path()
-import models  # noqa: E402
 from assemble import DEFAULT_OUT  # noqa: E402
 
 
@@ -38,20 +37,17 @@ def main() -> None:
 
     provenance = json.loads((args.checkpoint / "shapes_unclip.json").read_text())["components"]["clip"]
     config, step = provenance["config"], provenance["step"]
-    text = CLIPTextModelWithProjection.from_pretrained(args.checkpoint / "text_encoder")
-    vision = CLIPVisionModelWithProjection.from_pretrained(args.checkpoint / "image_encoder")
-    # The same modules train_clip.py builds, so ClipTowers loads the state dicts unchanged.
-    fresh_text, fresh_vision = models.text_encoder(config), models.image_encoder(config)
-    fresh_text.load_state_dict(text.state_dict())
-    fresh_vision.load_state_dict(vision.state_dict())
-    logit_scale = torch.tensor(math.log(1 / 0.07))
-    params = list(fresh_text.parameters()) + list(fresh_vision.parameters()) + [torch.nn.Parameter(logit_scale)]
-    state = {"step": step, "config": config, "text_encoder": fresh_text.state_dict(),
-             "image_encoder": fresh_vision.state_dict(), "logit_scale": logit_scale,
-             "optimizer": training.optimizer(params, config["train"]).state_dict(), "unpacked": str(args.checkpoint)}
-    args.out.mkdir(parents=True, exist_ok=True)
     if (args.out / training.CHECKPOINT).exists():
         raise SystemExit(f"{args.out} already holds a CLIP run: delete it first")
+    # train_clip.py's modules are these classes, so ClipTowers loads the state dicts unchanged.
+    text = CLIPTextModelWithProjection.from_pretrained(args.checkpoint / "text_encoder")
+    vision = CLIPVisionModelWithProjection.from_pretrained(args.checkpoint / "image_encoder")
+    logit_scale = torch.tensor(math.log(1 / 0.07))
+    params = list(text.parameters()) + list(vision.parameters()) + [torch.nn.Parameter(logit_scale)]
+    state = {"step": step, "config": config, "text_encoder": text.state_dict(),
+             "image_encoder": vision.state_dict(), "logit_scale": logit_scale,
+             "optimizer": training.optimizer(params, config["train"]).state_dict(), "unpacked": str(args.checkpoint)}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     torch.save(state, args.out / training.CHECKPOINT)
     print(f"wrote {args.out / training.CHECKPOINT}: CLIP step {step} from {args.checkpoint}")

@@ -71,6 +71,11 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = (
 _HELD_OUT = frozenset(HELD_OUT)
 
 
+def seen_triples() -> list[tuple[str, str, str]]:
+    """Every (color, shape, background) triple training shows (background ≠ color, not held out)."""
+    return [(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c and (c, s, b) not in _HELD_OUT]
+
+
 def is_held_out(scene: dict) -> bool:
     """True when any object of the scene forms a held-out (color, shape, background) triple."""
     return any((o["color"], o["shape"], scene["background"]) in _HELD_OUT for o in scene["objects"])
