@@ -1,7 +1,7 @@
 """Writes the trained shapes unCLIP as a Karlo-layout diffusers checkpoint directory.
 
     python export/shapes/assemble.py [OUT] [--runs export/shapes/runs] [--clip DIR] [--prior DIR]
-                                     [--decoder DIR] [--sr256 DIR] [--sr1024 DIR] [--no-check]
+                                     [--decoder DIR] [--sr256 DIR] [--sr1024 DIR] [--base CKPT] [--no-check]
 
 OUT (default export/shapes/checkpoint, the committed shipped checkpoint) gets what `UnCLIPPipeline.save_pretrained`
 writes for Karlo — model_index.json, tokenizer, text_encoder, prior, text_proj, decoder,
@@ -54,27 +54,73 @@ def ema_weights(state: dict) -> dict:
     return state["ema"]["model"] if "ema" in state else state["model"]
 
 
+class Base:
+    """The components of an assembled checkpoint (`--base`), each loaded as the module its run's
+    would be, with a run-like state {"step", "config", "clip_step", "from"} from its provenance."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.components = json.loads((path / "shapes_unclip.json").read_text())["components"]
+
+    def state(self, name: str) -> dict:
+        made = self.components[name]
+        return {"step": made["step"], "config": made["config"], "clip_step": self.components["clip"]["step"],
+                "from": os.path.relpath(self.path, training.HERE), "run_of_base": made["run"]}
+
+    def load(self, name: str):
+        from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
+        from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+        register_text_proj()
+        from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+        if name == "clip":
+            return (CLIPTextModelWithProjection.from_pretrained(self.path / "text_encoder"),
+                    CLIPVisionModelWithProjection.from_pretrained(self.path / "image_encoder"))
+        if name == "prior":
+            return PriorTransformer.from_pretrained(self.path / "prior")
+        if name == "decoder":
+            return (UNet2DConditionModel.from_pretrained(self.path / "decoder"),
+                    UnCLIPTextProjModel.from_pretrained(self.path / "text_proj"))
+        return UNet2DModel.from_pretrained(self.path / f"{name}_first")
+
+
 def build(args) -> dict:
-    """Loads every run into its diffusers/transformers module; returns the modules by component."""
-    clip_state = training.require_run(args.clip, "CLIP")
-    clip_cfg = clip_state["config"]
-    embed_dim = clip_cfg["embed_dim"]
-    text_encoder = models.text_encoder(clip_cfg)
-    text_encoder.load_state_dict(clip_state["text_encoder"])
-    image_encoder = models.image_encoder(clip_cfg)
-    image_encoder.load_state_dict(clip_state["image_encoder"])
+    """Loads every run into its diffusers/transformers module; returns the modules by component.
+    With `args.base` (an assembled checkpoint), a component whose run was not named on the command
+    line comes from the base instead."""
+    base = Base(args.base) if args.base is not None else None
+    from_base = lambda flag: base is not None and flag not in args.given  # noqa: E731
 
-    prior_state = training.require_run(args.prior, "prior")
-    prior = models.prior(prior_state["config"]["prior"], embed_dim)
-    prior.load_state_dict(ema_weights(prior_state))
+    if from_base("clip"):
+        clip_state = base.state("clip")
+        text_encoder, image_encoder = base.load("clip")
+    else:
+        clip_state = training.require_run(args.clip, "CLIP")
+        text_encoder = models.text_encoder(clip_state["config"])
+        text_encoder.load_state_dict(clip_state["text_encoder"])
+        image_encoder = models.image_encoder(clip_state["config"])
+        image_encoder.load_state_dict(clip_state["image_encoder"])
+    embed_dim = clip_state["config"]["embed_dim"]
 
-    decoder_state = training.require_run(args.decoder, "decoder")
-    weights = ema_weights(decoder_state)
-    dec_cfg = decoder_state["config"]["decoder"]
-    decoder = models.decoder(dec_cfg)
-    decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")})
-    text_proj = models.text_proj(dec_cfg, embed_dim)
-    text_proj.load_state_dict({k[len("text_proj."):]: v for k, v in weights.items() if k.startswith("text_proj.")})
+    if from_base("prior"):
+        prior_state, prior = base.state("prior"), base.load("prior")
+    else:
+        prior_state = training.require_run(args.prior, "prior")
+        prior = models.prior(prior_state["config"]["prior"], embed_dim)
+        prior.load_state_dict(ema_weights(prior_state))
+
+    if from_base("decoder"):
+        decoder_state = base.state("decoder")
+        decoder, text_proj = base.load("decoder")
+    else:
+        decoder_state = training.require_run(args.decoder, "decoder")
+        weights = ema_weights(decoder_state)
+        dec_cfg = decoder_state["config"]["decoder"]
+        decoder = models.decoder(dec_cfg)
+        decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")})
+        text_proj = models.text_proj(dec_cfg, embed_dim)
+        text_proj.load_state_dict({k[len("text_proj."):]: v for k, v in weights.items() if k.startswith("text_proj.")})
 
     for name, state in (("prior", prior_state), ("decoder", decoder_state)):
         if state["clip_step"] != clip_state["step"]:
@@ -82,7 +128,10 @@ def build(args) -> dict:
                              f"{clip_state['step']}: retrain it on this CLIP (or point --clip at the matching run)")
 
     upsamplers = {}
-    for key, path in (("super_res", args.sr256), (SR1024_PREFIX, args.sr1024)):
+    for flag, key, path in (("sr256", "super_res", args.sr256), ("sr1024", SR1024_PREFIX, args.sr1024)):
+        if from_base(flag):
+            upsamplers[key] = (base.load(key), base.state(key))
+            continue
         state = training.require_run(path, key)
         unet = models.super_res(state["config"]["super_res"])
         unet.load_state_dict(ema_weights(state))
@@ -107,7 +156,14 @@ def build(args) -> dict:
 def provenance(parts: dict) -> dict:
     components = {}
     for name, (path, state) in parts["runs"].items():
-        components[name] = {"run": os.path.relpath(path, training.HERE), "step": state["step"], "config": state["config"]}
+        if "from" in state:  # taken from --base: keep its provenance, and say where it was taken from
+            components[name] = {"run": state["run_of_base"], "step": state["step"], "config": state["config"],
+                                "from": state["from"]}
+        else:
+            components[name] = {"run": os.path.relpath(path, training.HERE), "step": state["step"],
+                                "config": state["config"]}
+            if "init_from" in state:
+                components[name]["init_from"] = state["init_from"]
     params = {name: models.count_parameters(parts[name]) for name in
               ("text_encoder", "image_encoder", "prior", "text_proj", "decoder", "super_res", SR1024_PREFIX)}
     return {
@@ -185,9 +241,13 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=training.RUNS, help="directory holding the default run names")
     for flag, name in SHIPPED_RUNS:
         ap.add_argument(f"--{flag}", type=Path, help=f"run directory (default RUNS/{name})")
+    ap.add_argument("--base", type=Path,
+                    help="an assembled checkpoint (e.g. export/shapes/checkpoint): components whose run is not "
+                         "named by its flag are taken from it, so a new decoder (say) needs no other run")
     ap.add_argument("--no-check", action="store_true", help="skip the diffusers generation check")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    args.given = {flag for flag, _ in SHIPPED_RUNS if getattr(args, flag) is not None}
     for flag, name in SHIPPED_RUNS:
         if getattr(args, flag) is None:
             setattr(args, flag, args.runs / name)

@@ -1,7 +1,8 @@
 """How well does a decoder checkpoint draw what it is asked? Samples a training checkpoint in torch
-and scores the pictures with eval.py's measurer, without assembling or exporting anything.
+and scores the pictures with eval.py's measurer, without assembling or exporting anything (or, given
+an assembled checkpoint such as export/shapes/checkpoint, its decoder: --clip-run must be its CLIP).
 
-    python export/shapes/probe_samples.py [RUN_DIR] [--n 48] [--guidance 8] [--steps 25]
+    python export/shapes/probe_samples.py [RUN_DIR | CKPT] [--n 48] [--guidance 8] [--steps 25]
                                           [--condition image|text] [--out /tmp/probe.png]
 
 For `n` one-object scenes (half "a {c} {s} on a {b} background" of seen triples, half the same
@@ -32,7 +33,7 @@ import models  # noqa: E402
 import world  # noqa: E402
 from clip_model import ClipTowers  # noqa: E402
 from render import render  # noqa: E402
-from train_decoder import DecoderWithProj, prediction_type  # noqa: E402
+from train_decoder import DecoderWithProj, init_weights, prediction_type  # noqa: E402
 
 
 def probe_items(n: int, seed: int = 0) -> list[tuple[dict, dict]]:
@@ -84,10 +85,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="contact sheet of the pictures (PNG)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    state = training.require_run(args.run, "decoder")
     clip = ClipTowers(args.clip_run)
-    model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()
-    model.load_state_dict(state["model"] if args.raw else state["ema"]["model"])
+    if (args.run / "shapes_unclip.json").exists():  # an assembled checkpoint (its decoder holds EMA weights)
+        import json
+
+        made = json.loads((args.run / "shapes_unclip.json").read_text())["components"]["decoder"]
+        state = {"step": made["step"], "config": made["config"]}
+        model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()
+        init_weights(model, args.run, clip)
+    else:
+        state = training.require_run(args.run, "decoder")
+        model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()
+        model.load_state_dict(state["model"] if args.raw else state["ema"]["model"])
     pairs = probe_items(args.n)
     captions = [item["caption"] for _, item in pairs]
     if args.condition == "image":

@@ -2,6 +2,7 @@
 contrastive loss (Radford et al. 2021) on rendered scenes and their captions.
 
     python export/shapes/train_clip.py [--config clip] [--threads N] [--max-steps N] [--max-minutes M]
+                                       [--init-from RUN]
 
 Batches are built for attribute binding: a `hard_negative_fraction` of the scenes come with a
 minimal edit of themselves (world.perturb: one color, shape, background, size or position changed,
@@ -17,6 +18,7 @@ all (color, shape, background) captions.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -45,13 +47,14 @@ def augment(scene: dict, rng: np.random.Generator, train: dict) -> Image.Image:
     return image
 
 
-def batch_scenes(rng: np.random.Generator, size: int, hard_fraction: float) -> list[dict]:
+def batch_scenes(rng: np.random.Generator, size: int, hard_fraction: float,
+                 kinds=world.PERTURB_KINDS) -> list[dict]:
     scenes: list[dict] = []
     while len(scenes) < size:
         scene = world.sample_scene(rng)
         scenes.append(scene)
         if len(scenes) < size and rng.random() < hard_fraction:
-            scenes.append(world.perturb(scene, rng))
+            scenes.append(world.perturb(scene, rng, kinds=kinds))
     return scenes
 
 
@@ -98,7 +101,11 @@ class ZeroShot:
 
 
 def main() -> None:
-    args = training.arguments(__doc__, "clip").parse_args()
+    ap = training.arguments(__doc__, "clip")
+    ap.add_argument("--init-from", type=Path,
+                    help="another CLIP run (e.g. the one unpack_clip.py re-creates from the shipped checkpoint) "
+                         "whose towers and temperature start this run, with a fresh optimizer")
+    args = ap.parse_args()
     config = models.load_config(args.config)
     run = training.Run(args, config)
     train, seed = config["train"], config["seed"]
@@ -110,7 +117,14 @@ def main() -> None:
     params = list(text_model.parameters()) + list(vision_model.parameters()) + [logit_scale]
     opt = training.optimizer(params, train)
     start = 0
-    if (state := run.load()) is not None:
+    if (state := run.load()) is None and args.init_from is not None:
+        init = training.require_run(args.init_from, "--init-from")
+        text_model.load_state_dict(init["text_encoder"])
+        vision_model.load_state_dict(init["image_encoder"])
+        with torch.no_grad():
+            logit_scale.copy_(init["logit_scale"])
+        run.log(f"initialized from {args.init_from} at its step {init['step']} (fresh optimizer)")
+    elif state is not None:
         text_model.load_state_dict(state["text_encoder"])
         vision_model.load_state_dict(state["image_encoder"])
         with torch.no_grad():
@@ -124,7 +138,8 @@ def main() -> None:
 
     def step_fn(step: int) -> dict:
         rng, _ = training.generators(seed, step)
-        scenes = batch_scenes(rng, train["batch_size"], train["hard_negative_fraction"])
+        scenes = batch_scenes(rng, train["batch_size"], train["hard_negative_fraction"],
+                              train.get("perturb_kinds", world.PERTURB_KINDS))
         described = [world.describe(s, rng) for s in scenes]
         captions = [d[0] for d in described]
         # targets[i, j]: caption j is true of scene i
@@ -156,9 +171,10 @@ def main() -> None:
         return values
 
     def state_fn(step: int) -> dict:
+        init = {} if args.init_from is None else {"init_from": os.path.relpath(args.init_from, training.HERE)}
         return {"step": step, "config": config, "text_encoder": text_model.state_dict(),
                 "image_encoder": vision_model.state_dict(), "logit_scale": logit_scale.detach().clone(),
-                "optimizer": opt.state_dict()}
+                "optimizer": opt.state_dict(), **init}
 
     training.train_loop(run, step_fn, state_fn, start)
 

@@ -3,6 +3,7 @@ UnCLIPTextProjModel, CLIP image embedding → image (DALL·E 2 §2.1, decoder).
 
     python export/shapes/train_decoder.py [--config decoder] [--clip-run DIR] [--scenes FILE]
                                           [--threads N] [--max-steps N] [--max-minutes M]
+                                          [--init-weights CKPT [--new-clip]]
 
 As the paper and GLIDE: 6 output channels (ε and the variance interpolation v,
 `variance_type: learned_range`), hybrid loss L_simple + λ·L_vlb with λ = 0.001 (Improved DDPM;
@@ -36,6 +37,7 @@ directory) from another decoder run's weights, EMA and optimizer, to fine-tune w
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -91,9 +93,14 @@ def check_short_states(model: DecoderWithProj, clip: ClipTowers, captions: list[
     return diff
 
 
-def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers) -> None:
+def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers, new_clip: bool = False) -> str:
     """Loads the decoder and text_proj of an assembled checkpoint (the committed shipped one, to
-    fine-tune it further without its training runs)."""
+    fine-tune it further without its training runs). With `new_clip`, the checkpoint's CLIP may
+    differ from the CLIP run's (same embedding width): the UNet's drawing carries over and its
+    conditioning re-learns the new embeddings, much sooner than a decoder trained from zero.
+    If the run's decoder config differs from the checkpoint's (say, cross-attention added at one
+    more level), the tensors of the same name and shape are loaded and the rest keep their fresh
+    initialization. Returns what was loaded, for the log."""
     import json
 
     from diffusers import UNet2DConditionModel
@@ -104,11 +111,24 @@ def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers) -> 
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
     made_with = json.loads((checkpoint / "shapes_unclip.json").read_text())["components"]["clip"]
-    if made_with["step"] != clip.step or made_with["config"] != clip.config:
+    if made_with["config"]["embed_dim"] != clip.config["embed_dim"]:
+        raise SystemExit(f"{checkpoint}'s decoder takes {made_with['config']['embed_dim']}-wide CLIP embeddings, the "
+                         f"CLIP run makes {clip.config['embed_dim']}-wide ones")
+    if not new_clip and (made_with["step"] != clip.step or made_with["config"] != clip.config):
         raise SystemExit(f"{checkpoint}'s decoder was trained on CLIP step {made_with['step']}, the CLIP run is at "
-                         f"step {clip.step}: re-create the run with unpack_clip.py {checkpoint}")
-    model.decoder.load_state_dict(UNet2DConditionModel.from_pretrained(checkpoint / "decoder").state_dict())
+                         f"step {clip.step}: re-create the run with unpack_clip.py {checkpoint}, or give --new-clip to "
+                         "fine-tune it onto this CLIP")
     model.text_proj.load_state_dict(UnCLIPTextProjModel.from_pretrained(checkpoint / "text_proj").state_dict())
+    weights = UNet2DConditionModel.from_pretrained(checkpoint / "decoder").state_dict()
+    own = model.decoder.state_dict()
+    same = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if len(same) == len(weights) == len(own):
+        model.decoder.load_state_dict(weights)
+        return "all weights"
+    model.decoder.load_state_dict(same, strict=False)
+    fresh = sum(v.numel() for k, v in own.items() if k not in same)
+    return (f"{len(same)} of {len(own)} decoder tensors (the architectures differ; "
+            f"{fresh / 1e6:.2f} M parameters start fresh)")
 
 
 def main() -> None:
@@ -119,7 +139,10 @@ def main() -> None:
     ap.add_argument("--init-weights", type=Path,
                     help="a shapes checkpoint directory (assemble.py's output, e.g. export/shapes/checkpoint) whose "
                          "decoder and text_proj start this new run, with a fresh optimizer; its CLIP must be the "
-                         "CLIP run's (unpack_clip.py)")
+                         "CLIP run's (unpack_clip.py) unless --new-clip")
+    ap.add_argument("--new-clip", action="store_true",
+                    help="with --init-weights: the checkpoint was made with another CLIP than --clip-run's; "
+                         "fine-tune its decoder onto this one")
     args = ap.parse_args()
     config = models.load_config(args.config)
     run = training.Run(args, config)
@@ -135,8 +158,8 @@ def main() -> None:
     if args.init_weights is not None and not run.checkpoint_path.exists():
         if args.init_from is not None:
             raise SystemExit("--init-weights and --init-from both start a run: give one")
-        init_weights(model, args.init_weights, clip)
-        run.log(f"initialized from the weights in {args.init_weights} (fresh optimizer)")
+        loaded = init_weights(model, args.init_weights, clip, args.new_clip)
+        run.log(f"initialized from {args.init_weights}: {loaded} (fresh optimizer)")
     ema = training.EMA(model, train["ema_decay"])
     opt = training.optimizer(model.parameters(), train)
 
@@ -181,8 +204,9 @@ def main() -> None:
         return {"loss": loss.item(), **parts, "grad": grad.item()}
 
     def state_fn(step: int) -> dict:
+        init = {} if args.init_weights is None else {"init_from": os.path.relpath(args.init_weights, training.HERE)}
         return {"step": step, "config": config, "clip_step": clip.step, "model": model.state_dict(),
-                "ema": ema.state_dict(), "optimizer": opt.state_dict()}
+                "ema": ema.state_dict(), "optimizer": opt.state_dict(), **init}
 
     training.train_loop(run, step_fn, state_fn, start)
 

@@ -132,14 +132,18 @@ def sample_scene(rng: np.random.Generator, split: str = "train") -> dict:
             return scene
 
 
-def perturb(scene: dict, rng: np.random.Generator, split: str = "train") -> dict:
+PERTURB_KINDS = ("color", "shape", "background", "size", "position", "swap")
+
+
+def perturb(scene: dict, rng: np.random.Generator, split: str = "train", kinds=PERTURB_KINDS) -> dict:
     """A minimal edit of `scene` (one attribute changed, or two objects' colors swapped): the hard
-    negative CLIP needs to learn attribute binding instead of bags of words."""
+    negative CLIP needs to learn attribute binding instead of bags of words. `kinds` is drawn from
+    uniformly (repeat a kind to weight it: train_clip's `perturb_kinds`)."""
     for _ in range(20):
         new = {"background": scene["background"], "bg_rgb": list(scene["bg_rgb"]),
                "objects": [dict(o) for o in scene["objects"]]}
         objs = new["objects"]
-        kind = _pick(rng, ("color", "shape", "background", "size", "position", "swap"))
+        kind = _pick(rng, tuple(kinds))
         o = objs[int(rng.integers(len(objs)))]
         used = {x["color"] for x in objs}
         if kind == "swap" and len(objs) == 2:
