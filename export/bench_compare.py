@@ -178,6 +178,11 @@ def main() -> None:
     report = {"title": args.title or args.checkpoint.name, "prompt": PROMPT, "seed": SEED, "threads": args.threads,
               "runs": args.runs, "warmup": args.warmup, "cpu": cpu, "date": time.strftime("%Y-%m-%d"), "results": results,
               "ablations": ablations}
+    if args.out.with_suffix(".json").exists():
+        # measured by export/shapes/eval.py, not here: kept from the previous report
+        fidelity = json.loads(args.out.with_suffix(".json").read_text()).get("fidelity")
+        if fidelity is not None:
+            report["fidelity"] = fidelity
     if args.update and args.out.with_suffix(".json").exists():
         old = json.loads(args.out.with_suffix(".json").read_text())
         measured = {(r["config"], r["mode"]) for r in results}
@@ -280,7 +285,29 @@ def markdown(report: dict) -> str:
             b, f = a["before"], a["after"]
             lines.append(f"| {a['change']} | {b['cold_seconds']:.2f} / {b['peak_rss_mib']:.0f} | "
                          f"{f['cold_seconds']:.2f} / {f['peak_rss_mib']:.0f} |")
+    if report.get("fidelity"):
+        lines += fidelity_markdown(report["fidelity"])
     return "\n".join(lines) + "\n"
+
+
+def fidelity_markdown(f: dict) -> list[str]:
+    """The fast mode's fidelity on the trained shapes model (issue #9's bar), from export/shapes/eval.py."""
+    cols = ["all_attributes", "held_out_all_attributes", "shape", "color", "background", "binding", "position",
+            "size"]
+    lines = ["", "## Fast mode's fidelity on the trained shapes model", "",
+             f"`{f['command']}` on `{f['model']}`, {f['date']}, {f['cpu']}: the default configuration "
+             f"({f['rows'][0]['captions']} captions, {f['rows'][0]['pictures']} pictures, the same seeds in both "
+             "modes), measured from the pixels as docs/shapes-eval.md.", "",
+             "| mode | " + " | ".join(c.replace("_", " ") for c in cols) + " | diversity |",
+             "|" + "---|" * (len(cols) + 2)]
+    for r in f["rows"]:
+        lines.append(f"| {r['mode']} | " + " | ".join(f"{100 * r[c]:.1f}%" for c in cols)
+                     + f" | {r['diversity']:.4f} |")
+    p = f["paired"]
+    lines += ["", f"Paired, picture by picture: the same all-attributes verdict on {p['same_all_attributes_verdict']} "
+              f"of {p['pictures']} pictures; mean |pixel difference| {p['mean_abs_pixel_diff']:.2f} levels "
+              f"(median picture {p['median_per_picture_mean_abs_pixel_diff']:.2f}, max {p['max_abs_pixel_diff']})."]
+    return lines
 
 
 if __name__ == "__main__":

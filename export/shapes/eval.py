@@ -3,7 +3,8 @@ runtime we ship, not a Python re-implementation) and reads every picture back wi
 measurer that knows the synthetic world exactly (world.py, render.py).
 
     python export/shapes/eval.py [--model models/shapes] [--unclip target/release/unclip]
-                                 [--images 4] [--threads 2] [--out docs] [--quick]
+                                 [--images 4] [--threads 2] [--out docs] [--quick] [--default-only]
+                                 [--unclip-flags "--device openvino --precision bf16"]
     python export/shapes/eval.py --self-test     # the measurer on rendered ground truth
     (--ablation-every N: the ablations and the sweep on every N-th caption, the default also scored
     on that subset; docs/shapes-eval.md was made with --images 2 --chunk 16 --ablation-every 3)
@@ -43,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -242,7 +244,8 @@ def generate(items: list[dict], config: dict, args, out_dir: Path) -> list[list[
         if not all(p.exists() for p in paths):
             cmd = [str(args.unclip), "generate", *[x["caption"] for x in chunk], "--model", str(args.model),
                    "--num-images", str(args.images), "--size", str(SIZE), "--seed", str(1000 + j // args.chunk),
-                   "--threads", str(args.threads), "-q", "-o", f"{stem}.png", *config.get("flags", [])]
+                   "--threads", str(args.threads), "-q", "-o", f"{stem}.png", *config.get("flags", []),
+                   *shlex.split(args.unclip_flags)]
             subprocess.run(cmd, check=True)
         images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
         pictures += [images[k * args.images:(k + 1) * args.images] for k in range(len(chunk))]
@@ -319,11 +322,13 @@ def report(results: list[dict], args, seconds: float) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "shapes-eval.json").write_text(json.dumps({"model": str(args.model), "images_per_caption": args.images,
-                                                      "seconds": seconds, "results": results}, indent=2) + "\n")
+                                                      "unclip_flags": args.unclip_flags, "seconds": seconds,
+                                                      "results": results}, indent=2) + "\n")
+    extra = f' --unclip-flags "{args.unclip_flags}"' if args.unclip_flags else ""
     cols = ["captions", "all_attributes", "shape", "color", "background", "held_out_all_attributes", "binding",
             "bag_of_attributes", "position", "size", "diversity"]
     lines = ["# Shapes model: fidelity measured from the pixels", "",
-             f"`python export/shapes/eval.py --images {args.images} --ablation-every {args.ablation_every}` "
+             f"`python export/shapes/eval.py --images {args.images} --ablation-every {args.ablation_every}{extra}` "
              f"({len(captions()[:: args.every])} captions for the default configuration, every "
              f"{args.ablation_every}-th of them for the others; {args.images} pictures per caption, 64×64, "
              f"{seconds / 60:.0f} min on this machine). Every picture comes from `unclip generate`; "
@@ -413,6 +418,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs")
     ap.add_argument("--work", type=Path, default=Path("/tmp/shapes-eval"), help="pictures (reused when present)")
     ap.add_argument("--quick", action="store_true", help="fewer configurations")
+    ap.add_argument("--default-only", action="store_true", help="only the default configuration")
+    ap.add_argument("--unclip-flags", default="",
+                    help='added to every `unclip generate`, e.g. "--device openvino --precision bf16" to measure '
+                         "the fast mode's fidelity (give it its own --work and --out)")
     ap.add_argument("--every", type=int, default=1, help="use every N-th caption (smoke runs)")
     ap.add_argument("--ablation-every", type=int, default=1,
                     help="the ablations and the sweep use every N-th of those captions (the default "
@@ -439,7 +448,8 @@ def main() -> None:
               f"{pct(metrics['held_out_all_attributes'])} binding {pct(metrics['binding'])} "
               f"diversity {metrics['diversity']}  ({time.time() - t0:.0f} s)", flush=True)
 
-    for config in configurations(float(manifest["decoder"]["default_guidance_scale"]), args.quick):
+    configs = configurations(float(manifest["decoder"]["default_guidance_scale"]), args.quick)
+    for config in configs[:1] if args.default_only else configs:
         t0 = time.time()
         its = items if config["kind"] == "default" else subset
         pictures = generate(its, config, args, args.work / config["name"].replace(" ", "-").replace("(", "").replace(")", ""))
