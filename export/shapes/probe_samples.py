@@ -89,6 +89,9 @@ def main() -> None:
     if (args.run / "shapes_unclip.json").exists():  # an assembled checkpoint (its decoder holds EMA weights)
         import json
 
+        if args.raw:
+            raise SystemExit(f"--raw: {args.run} is an assembled checkpoint, which keeps only the EMA weights")
+
         made = json.loads((args.run / "shapes_unclip.json").read_text())["components"]["decoder"]
         state = {"step": made["step"], "config": made["config"]}
         model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()
