@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The shape lane: continues the shipped checkpoint (export/shapes/checkpoint) with a CLIP that sees
+# shape, then a new prior and a decoder fine-tuned onto that CLIP, and assembles a candidate
+# checkpoint (the upsamplers come from the shipped one). Measured in the session of 2026-12-05
+# (export/README.md): the shipped CLIP reads shape at chance (zero-shot 46/45% seen/held-out), this
+# lane's at 92/78% after clip_long.
+#   export/shapes/train_shape.sh [OUT] [PYTHON]      (OUT default export/shapes/runs/ckpt_shape)
+# Steps (each resumes where it stopped, so running this again continues an interrupted lane):
+#   unpack_clip.py → runs/clip (the shipped CLIP)
+#   clip_shape from runs/clip (every hard negative a shape edit, 1000 steps, 2 threads, 0.7 s/step)
+#   clip_long from runs/clip_shape (6/11 shape edits, 2500 steps, 2 threads, 0.7 s/step)
+#   embed_scenes.py with clip_long → runs/scenes_long.pt (3 min)
+#   then two 1-thread lanes side by side: the prior from scratch (5000 steps, 0.2 s/step) and the
+#   decoder from the shipped one (decoder_nc, --new-clip; 0.8 s/step)
+# DECODER_MINUTES=N stops the decoder after N minutes of this invocation (it saves and resumes).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=export/shapes
+R=$S/runs
+OUT=${1:-$R/ckpt_shape}
+PY=${2:-${PYTHON:-python}}
+mkdir -p "$R"
+
+[ -f "$R/clip/checkpoint.pt" ] || "$PY" $S/unpack_clip.py
+"$PY" $S/train_clip.py --config clip_shape --init-from "$R/clip" --run-dir "$R/clip_shape" --threads 2
+"$PY" $S/train_clip.py --config clip_long --init-from "$R/clip_shape" --run-dir "$R/clip_long" --threads 2
+[ -f "$R/scenes_long.pt" ] || "$PY" $S/embed_scenes.py --clip-run "$R/clip_long" --out "$R/scenes_long.pt" --threads 2
+
+NEW=(--clip-run "$R/clip_long" --scenes "$R/scenes_long.pt" --threads 1)
+"$PY" $S/train_prior.py "${NEW[@]}" --run-dir "$R/prior_long" > "$R/prior-long.log" 2>&1 &
+prior=$!
+"$PY" $S/train_decoder.py --config decoder_nc --init-weights $S/checkpoint --new-clip "${NEW[@]}" \
+  --run-dir "$R/decoder_nc" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
+"$PY" $S/assemble.py "$OUT" --base $S/checkpoint --clip "$R/clip_long" --prior "$R/prior_long" \
+  --decoder "$R/decoder_nc"
