@@ -163,6 +163,55 @@ def proto_size(model) -> int:
         return max(weights, TWO_GB + 1)
 
 
+def external_bytes(model, src: Path) -> int:
+    """Bytes of `model`'s initializers stored outside the proto, in files under `src` (torch.onnx.export
+    does so over 2 GB)."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    total = 0
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            info = ExternalDataInfo(tensor)
+            total += info.length if info.length is not None else (src / info.location).stat().st_size - (info.offset or 0)
+    return total
+
+
+def merge_external_data(model, src: Path, data: Path, align: int = 4096) -> None:
+    """Copies the external initializers of `model` (files under `src`) into the one file `data`,
+    tensor by tensor through a 16 MB buffer, and points them at it; offsets aligned to `align`
+    (a page, as onnx aligns tensors for memory mapping). The weights are never all in memory."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    written = 0
+    with open(data, "wb") as out:
+        for tensor in model.graph.initializer:
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            source = src / info.location
+            length = info.length if info.length is not None else source.stat().st_size - (info.offset or 0)
+            pad = -written % align
+            out.write(b"\0" * pad)
+            written += pad
+            with open(source, "rb") as f:
+                f.seek(info.offset or 0)
+                left = length
+                while left:
+                    chunk = f.read(min(left, 1 << 24))
+                    if not chunk:
+                        raise SystemExit(f"{source}: {length - left} of {length} bytes of {tensor.name}: file too short")
+                    out.write(chunk)
+                    left -= len(chunk)
+            # onnx's set_external_data wants the bytes in the proto, which is what this avoids.
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", data.name), ("offset", str(written)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = k, v
+            written += length
+
+
 class Exporter:
     def __init__(self, out: Path, opset: int, fp16: bool, external_data: str):
         self.out = out
@@ -202,33 +251,45 @@ class Exporter:
             do_constant_folding=True,
             dynamo=False,
         )
-        model = onnx.load(str(raw), load_external_data=True)
-        if self.fp16:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            # Inputs and outputs stay float32: the runtime's tensors are f32 whatever the weights.
-            # Constant nodes become initializers first: the converter keeps initializers feeding
-            # blocked ops (Resize scales) in float32, but converts Constant nodes, which ORT rejects.
-            constants_to_initializers(model)
-            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         for stale in list(self.out.glob(f"{key}.onnx*")):
             stale.unlink()
-        size = proto_size(model)
-        external = self.external_data == "always" or (self.external_data == "auto" and size > TWO_GB)
-        if size > TWO_GB and self.external_data == "never":
-            raise SystemExit(f"{key}: {size} bytes exceeds protobuf's 2 GB limit; use --external-data auto")
         entry = {"file": path.name}
-        if external:
-            data_name = f"{key}.onnx.data"
-            # torch writes a >2 GB model as hundreds of per-tensor files (NOTES); one file per model.
-            onnx.save_model(
-                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
-            )
-        else:
+        data_name = f"{key}.onnx.data"
+        model = onnx.load(str(raw), load_external_data=False)
+        spilled = external_bytes(model, tmp)
+        if spilled and self.external_data == "never":
+            raise SystemExit(f"{key}: {spilled} bytes of weights exceed protobuf's 2 GB limit; use --external-data auto")
+        if spilled and not self.fp16:
+            # Over 2 GB torch wrote one file per tensor; they are concatenated into one file without
+            # loading them: loading the weights into the proto and saving it with
+            # save_as_external_data held 2.7× the weights on top of the module (measured).
+            merge_external_data(model, tmp, self.out / data_name)
             onnx.save_model(model, str(path))
+            external = True
+        else:
+            onnx.load_external_data_for_model(model, str(tmp))
+            if self.fp16:
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                # Inputs and outputs stay float32: the runtime's tensors are f32 whatever the weights.
+                # Constant nodes become initializers first: the converter keeps initializers feeding
+                # blocked ops (Resize scales) in float32, but converts Constant nodes, which ORT rejects.
+                constants_to_initializers(model)
+                model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+            size = proto_size(model)
+            external = self.external_data == "always" or (self.external_data == "auto" and size > TWO_GB)
+            if size > TWO_GB and self.external_data == "never":
+                raise SystemExit(f"{key}: {size} bytes exceeds protobuf's 2 GB limit; use --external-data auto")
+            if external:
+                # torch writes a >2 GB model as hundreds of per-tensor files (NOTES); one file per model.
+                onnx.save_model(
+                    model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024,
+                )
+            else:
+                onnx.save_model(model, str(path))
         shutil.rmtree(tmp)
-        del model  # the proto holds every weight: free it before the check loads them again
+        del model  # the proto may hold every weight: free it before the check loads them again
         gc.collect()
         entry["sha256"] = sha256(path)
         if external:
@@ -330,8 +391,10 @@ def main() -> None:
     dim = text_encoder.config.projection_dim
     text_hidden = text_encoder.config.hidden_size
     # Each network is freed once exported (13.7 GB together at Karlo size). That did not lower the
-    # peak there (23.6 GB RSS before and after, measured): it is inside one network's export,
-    # torch.onnx.export's traced copy plus the proto with its external data loaded.
+    # peak there (23.6 GB RSS before and after, measured): it is inside one network's export. On a
+    # 2.25 GiB module the peak was onnx.load(load_external_data=True) + save_model with external
+    # data (8.9 GiB, 4.0× the weights); `merge_external_data` avoids both (5.1 GiB, 2.3×, the module
+    # plus ONNX Runtime's copy in the check; same files byte for byte).
     del text_encoder
 
     # -- image encoder (optional: Karlo's text-to-image checkpoint has none)
