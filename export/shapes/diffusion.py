@@ -43,8 +43,17 @@ class Schedule:
     def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return values[t].reshape(-1, *([1] * (like.ndim - 1)))
 
-    def sample_t(self, batch: int, g: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.T, (batch,), generator=g)
+    def sample_t(self, batch: int, g: torch.Generator, focus: dict | None = None) -> torch.Tensor:
+        """Uniform training timesteps, or with `focus` = {"range": [lo, hi], "share": p} a share p of
+        them uniform in [lo, hi) instead: the noise levels where a sample's layout and outline are
+        decided (the decoder's shapes were lost between t = 500 and 850; `probe_samples.py
+        --start-t`). Without `focus` the generator's stream is the one earlier runs used."""
+        t = torch.randint(0, self.T, (batch,), generator=g)
+        if focus is not None:
+            lo, hi = focus["range"]
+            inside = torch.rand(batch, generator=g) < focus["share"]
+            t = torch.where(inside, torch.randint(lo, hi, (batch,), generator=g), t)
+        return t
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise

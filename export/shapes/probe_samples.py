@@ -3,7 +3,7 @@ and scores the pictures with eval.py's measurer, without assembling or exporting
 an assembled checkpoint such as export/shapes/checkpoint, its decoder: --clip-run must be its CLIP).
 
     python export/shapes/probe_samples.py [RUN_DIR | CKPT] [--n 48] [--guidance 8] [--steps 25]
-                                          [--condition image|text] [--out /tmp/probe.png]
+                                          [--condition image|text] [--start-t T ...] [--out /tmp/probe.png]
 
 For `n` one-object scenes (half "a {c} {s} on a {b} background" of seen triples, half the same
 form of held-out triples), the decoder is conditioned as `UnCLIPPipeline` conditions it (text_proj
@@ -12,7 +12,9 @@ the learned null embedding and the empty prompt, on the first 3 channels only;
 pipeline_unclip.py, decoder loop) and sampled with the run's UnCLIPScheduler. The image embedding
 is the CLIP image embedding of the scene itself (`image`, what a perfect prior would give) or, with
 `--condition text`, the caption's text embedding (the paper's §5.1 ablation). This separates the
-decoder's fidelity from the prior's; eval.py measures the shipped pipeline end to end.
+decoder's fidelity from the prior's; eval.py measures the shipped pipeline end to end. `--start-t T`
+also samples from the true pictures noised to timestep T (SDEdit; Meng et al. 2022): the noise
+levels at which the decoder loses an outline it was given.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def probe_items(n: int, seed: int = 0) -> list[tuple[dict, dict]]:
 
 @torch.no_grad()
 def sample(model: DecoderWithProj, clip: ClipTowers, captions: list[str], image_embeds: torch.Tensor,
-           guidance: float, steps: int, prediction: str, seed: int = 0) -> torch.Tensor:
+           guidance: float, steps: int, prediction: str, seed: int = 0,
+           start: torch.Tensor | None = None, start_t: int | None = None) -> torch.Tensor:
+    """Samples from pure noise, or (SDEdit) from `start` (the true 64² pictures) noised to the first
+    strided timestep ≤ `start_t`: which noise levels lose the shape the embedding asks for."""
     sched = models.schedulers(decoder_prediction=prediction)["decoder_scheduler"]
     sched.set_timesteps(steps)
     b = len(captions)
@@ -62,6 +67,10 @@ def sample(model: DecoderWithProj, clip: ClipTowers, captions: list[str], image_
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, 64, 64, generator=g) * sched.init_noise_sigma
     timesteps = sched.timesteps
+    if start is not None and start_t is not None:
+        timesteps = timesteps[timesteps <= start_t]
+        abar = sched.alphas_cumprod[int(timesteps[0])]
+        x = abar.sqrt() * start + (1 - abar).sqrt() * x
     for i, t in enumerate(timesteps):
         out = model(torch.cat([x, x]), torch.full((2 * b,), int(t)), images, text_embeds, states, mask)
         uncond, cond = out.chunk(2)
@@ -81,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--condition", choices=("image", "text"), default="image")
     ap.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
+    ap.add_argument("--start-t", type=int, nargs="+", default=[],
+                    help="also sample from the true pictures noised to these timesteps (SDEdit)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="contact sheet of the pictures (PNG)")
     args = ap.parse_args()
@@ -106,14 +117,19 @@ def main() -> None:
         embeds = clip.encode_images([render(scene, 224) for scene, _ in pairs])
     else:
         embeds = clip.encode_text(captions)[0]
-    for guidance in args.guidance:
-        x = sample(model, clip, captions, embeds, guidance, args.steps, prediction_type(state["config"]))
+    truth = torch.from_numpy(np.stack([np.asarray(render(scene, 64)) for scene, _ in pairs])).permute(0, 3, 1, 2)
+    truth = truth.float() / 127.5 - 1
+    runs = [(g, None) for g in args.guidance] + [(g, t) for t in args.start_t for g in args.guidance]
+    for guidance, start_t in runs:
+        x = sample(model, clip, captions, embeds, guidance, args.steps, prediction_type(state["config"]),
+                   start=truth, start_t=start_t)
         pictures = [[((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)] for im in x]
         m = shapes_eval.summarize([item for _, item in pairs], pictures)
         print(f"{args.run.name} step {state['step']} guidance {guidance:g} ({args.condition}): "
               f"all {shapes_eval.pct(m['all_attributes'])} shape {shapes_eval.pct(m['shape'])} "
               f"color {shapes_eval.pct(m['color'])} background {shapes_eval.pct(m['background'])} "
-              f"held-out all {shapes_eval.pct(m['held_out_all_attributes'])}", flush=True)
+              f"held-out all {shapes_eval.pct(m['held_out_all_attributes'])}"
+              + ("" if start_t is None else f" (from the true pictures at t ≤ {start_t})"), flush=True)
         if args.out is not None:
             from PIL import Image
 
@@ -122,7 +138,8 @@ def main() -> None:
             grid = Image.new("RGB", (64 * cols, 64 * ((len(tiles) + cols - 1) // cols)))
             for k, tile in enumerate(tiles):
                 grid.paste(tile, (64 * (k % cols), 64 * (k // cols)))
-            path = args.out.with_name(f"{args.out.stem}-g{guidance:g}{args.out.suffix}")
+            tag = "" if start_t is None else f"-t{start_t}"
+            path = args.out.with_name(f"{args.out.stem}-g{guidance:g}{tag}{args.out.suffix}")
             grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(path)
             print(f"wrote {path}")
 

@@ -33,6 +33,10 @@ a 64×64 image is readable from x_t down to SNR ≈ 0.004 (a flat background ave
 decoder learns to ignore it: measured on the plain run at step 5534, x̂₀ at t = 960 from an x_t with
 no signal was gray for every embedding. `--init-from RUN` starts a new run (its own config and
 directory) from another decoder run's weights, EMA and optimizer, to fine-tune with such a change.
+
+`t_focus` (train config, default none): {"range": [lo, hi], "share": p} draws a share p of the
+training timesteps uniformly from [lo, hi) (diffusion.py `Schedule.sample_t`), for the noise
+levels where the decoder decides an object's outline.
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ def main() -> None:
         drop_image = torch.from_numpy(rng.random(b) < train["image_drop_prob"])
         text_embeds, states, mask = clip.encode_text(captions, full_length=False)
         image_embeds = torch.where(drop_image[:, None], null[None].expand(b, -1), embeds[torch.from_numpy(index)])
-        t = schedule.sample_t(b, g)
+        t = schedule.sample_t(b, g, train.get("t_focus"))
         noise = torch.randn(x0.shape, generator=g)
         if train.get("offset_noise", 0.0) > 0:
             noise = noise + train["offset_noise"] * torch.randn(b, x0.shape[1], 1, 1, generator=g)
