@@ -178,17 +178,21 @@ def all_tensors(graph):
                 yield from all_tensors(sub)
 
 
+def external_span(tensor, src: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of an externally stored tensor whose files are under `src`."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    info = ExternalDataInfo(tensor)
+    source, offset = src / info.location, info.offset or 0
+    return source, offset, info.length if info.length is not None else source.stat().st_size - offset
+
+
 def external_bytes(model, src: Path) -> int:
     """Bytes of `model`'s tensors stored outside the proto, in files under `src` (torch.onnx.export
     does so over 2 GB)."""
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.external_data_helper import uses_external_data
 
-    total = 0
-    for tensor in all_tensors(model.graph):
-        if uses_external_data(tensor):
-            info = ExternalDataInfo(tensor)
-            total += info.length if info.length is not None else (src / info.location).stat().st_size - (info.offset or 0)
-    return total
+    return sum(external_span(t, src)[2] for t in all_tensors(model.graph) if uses_external_data(t))
 
 
 def merge_external_data(model, src: Path, data: Path, align: int = 4096) -> None:
@@ -196,21 +200,19 @@ def merge_external_data(model, src: Path, data: Path, align: int = 4096) -> None
     tensor by tensor through a 16 MB buffer, and points them at it; offsets aligned to `align`
     (a page, as onnx aligns tensors for memory mapping). The weights are never all in memory."""
     from onnx import TensorProto
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.external_data_helper import uses_external_data
 
     written = 0
     with open(data, "wb") as out:
         for tensor in all_tensors(model.graph):
             if not uses_external_data(tensor):
                 continue
-            info = ExternalDataInfo(tensor)
-            source = src / info.location
-            length = info.length if info.length is not None else source.stat().st_size - (info.offset or 0)
+            source, offset, length = external_span(tensor, src)
             pad = -written % align
             out.write(b"\0" * pad)
             written += pad
             with open(source, "rb") as f:
-                f.seek(info.offset or 0)
+                f.seek(offset)
                 left = length
                 while left:
                     chunk = f.read(min(left, 1 << 24))

@@ -34,7 +34,7 @@ import eval as shapes_eval  # noqa: E402
 import models  # noqa: E402
 import world  # noqa: E402
 from clip_model import ClipTowers  # noqa: E402
-from render import render  # noqa: E402
+from render import render, to_array  # noqa: E402
 from train_decoder import DecoderWithProj, init_weights, prediction_type  # noqa: E402
 
 
@@ -117,8 +117,7 @@ def main() -> None:
         embeds = clip.encode_images([render(scene, 224) for scene, _ in pairs])
     else:
         embeds = clip.encode_text(captions)[0]
-    truth = torch.from_numpy(np.stack([np.asarray(render(scene, 64)) for scene, _ in pairs])).permute(0, 3, 1, 2)
-    truth = truth.float() / 127.5 - 1
+    truth = torch.from_numpy(np.stack([to_array(render(scene, 64)) for scene, _ in pairs])) if args.start_t else None
     runs = [(g, None) for g in args.guidance] + [(g, t) for t in args.start_t for g in args.guidance]
     for guidance, start_t in runs:
         x = sample(model, clip, captions, embeds, guidance, args.steps, prediction_type(state["config"]),
