@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# The shape lane: continues the shipped checkpoint (export/shapes/checkpoint) with a CLIP that sees
-# shape, then a new prior and a decoder fine-tuned onto that CLIP, and assembles a candidate
-# checkpoint (the upsamplers come from the shipped one). Measured in the session of 2026-12-05
-# (export/README.md): the shipped CLIP reads shape at chance (zero-shot 46/45% seen/held-out), this
-# lane's at 92/78% after clip_long.
+# The shape lane: continues a base checkpoint (BASE, default export/shapes/checkpoint) with a CLIP
+# that sees shape, then a new prior and a decoder fine-tuned onto that CLIP, and assembles a
+# candidate checkpoint (the upsamplers come from the base). The checkpoint shipped on 2026-12-05 is
+# this lane's output from the one before it: to reproduce it, check that one out (`git worktree add
+# /tmp/base 813fe5d`) and run with BASE=/tmp/base/export/shapes/checkpoint and an empty runs/.
+# Measured in the session of 2026-12-05 (export/README.md): the shipped CLIP reads shape at chance
+# (zero-shot 46/45% seen/held-out), this lane's at 92/78% after clip_long.
 #   export/shapes/train_shape.sh [OUT] [PYTHON]      (OUT default export/shapes/runs/ckpt_shape)
 # Steps (each resumes where it stopped, so running this again continues an interrupted lane):
-#   unpack_clip.py → runs/clip (the shipped CLIP)
+#   unpack_clip.py → runs/clip (the base's CLIP)
 #   clip_shape from runs/clip (every hard negative a shape edit, 1000 steps, 2 threads, 0.7 s/step)
 #   clip_long from runs/clip_shape (6/11 shape edits, 2500 steps, 2 threads, 0.7 s/step)
 #   embed_scenes.py with clip_long → runs/scenes_long.pt (3 min)
 #   then two 1-thread lanes side by side: the prior from scratch (5000 steps, 0.2 s/step) and the
-#   decoder from the shipped one (decoder_nc, --new-clip; 0.8 s/step)
-# DECODER_MINUTES=N stops the decoder after N minutes of this invocation (it saves and resumes).
+#   decoder from the shipped one (decoder_nc, --new-clip, 3892 steps; 0.8 s/step)
+#   decoder_nc_mid from decoder_nc (t_focus: 70% of the timesteps in [400, 950), 5494 steps, one
+#   thread, 0.78 s/step): the decoder of the checkpoint shipped on 2026-12-05
+# DECODER_MINUTES=N stops each decoder step after N minutes of this invocation (it saves and resumes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=export/shapes
 R=$S/runs
 OUT=${1:-$R/ckpt_shape}
 PY=${2:-${PYTHON:-python}}
+BASE=${BASE:-$S/checkpoint}
 mkdir -p "$R"
 
-[ -f "$R/clip/checkpoint.pt" ] || "$PY" $S/unpack_clip.py
+[ -f "$R/clip/checkpoint.pt" ] || "$PY" $S/unpack_clip.py "$BASE"
 "$PY" $S/train_clip.py --config clip_shape --init-from "$R/clip" --run-dir "$R/clip_shape" --threads 2
 "$PY" $S/train_clip.py --config clip_long --init-from "$R/clip_shape" --run-dir "$R/clip_long" --threads 2
 [ -f "$R/scenes_long.pt" ] || "$PY" $S/embed_scenes.py --clip-run "$R/clip_long" --out "$R/scenes_long.pt" --threads 2
@@ -29,8 +34,10 @@ mkdir -p "$R"
 NEW=(--clip-run "$R/clip_long" --scenes "$R/scenes_long.pt" --threads 1)
 "$PY" $S/train_prior.py "${NEW[@]}" --run-dir "$R/prior_long" > "$R/prior-long.log" 2>&1 &
 prior=$!
-"$PY" $S/train_decoder.py --config decoder_nc --init-weights $S/checkpoint --new-clip "${NEW[@]}" \
-  --run-dir "$R/decoder_nc" ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+"$PY" $S/train_decoder.py --config decoder_nc --init-weights "$BASE" --new-clip "${NEW[@]}" \
+  --run-dir "$R/decoder_nc" --max-steps 3892 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+"$PY" $S/train_decoder.py --config decoder_nc_mid --init-from "$R/decoder_nc" "${NEW[@]}" \
+  --run-dir "$R/decoder_nc_mid" --max-steps 5494 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
-"$PY" $S/assemble.py "$OUT" --base $S/checkpoint --clip "$R/clip_long" --prior "$R/prior_long" \
-  --decoder "$R/decoder_nc"
+"$PY" $S/assemble.py "$OUT" --base "$BASE" --clip "$R/clip_long" --prior "$R/prior_long" \
+  --decoder "$R/decoder_nc_mid"
