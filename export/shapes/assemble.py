@@ -65,7 +65,7 @@ class Base:
     def state(self, name: str) -> dict:
         made = self.components[name]
         return {"step": made["step"], "config": made["config"], "clip_step": self.components["clip"]["step"],
-                "from": os.path.relpath(self.path, training.HERE), "run_of_base": made["run"]}
+                "from": os.path.relpath(self.path, training.HERE), "made": made}
 
     def load(self, name: str):
         from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
@@ -156,9 +156,8 @@ def build(args) -> dict:
 def provenance(parts: dict) -> dict:
     components = {}
     for name, (path, state) in parts["runs"].items():
-        if "from" in state:  # taken from --base: keep its provenance, and say where it was taken from
-            components[name] = {"run": state["run_of_base"], "step": state["step"], "config": state["config"],
-                                "from": state["from"]}
+        if "from" in state:  # taken from --base: keep its whole provenance, and say where it was taken from
+            components[name] = {**state["made"], "from": state["from"]}
         else:
             components[name] = {"run": os.path.relpath(path, training.HERE), "step": state["step"],
                                 "config": state["config"]}
