@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The shape lane: continues a base checkpoint (BASE, default export/shapes/checkpoint) with a CLIP
 # that sees shape, then a new prior and a decoder fine-tuned onto that CLIP, and assembles a
-# candidate checkpoint (the upsamplers come from the base). The checkpoint shipped on 2026-12-05 is
-# this lane's output from the one before it: to reproduce it, check that one out (`git worktree add
-# /tmp/base 813fe5d`) and run with BASE=/tmp/base/export/shapes/checkpoint and an empty runs/.
+# candidate checkpoint (the upsamplers come from the base). The checkpoint shipped on 2026-12-06 is
+# this lane's output from the one shipped before 2026-12-05: to reproduce it, check that one out
+# (`git worktree add /tmp/base 813fe5d`) and run with BASE=/tmp/base/export/shapes/checkpoint and an
+# empty runs/ (runs/ckpt_mid is then the checkpoint shipped on 2026-12-05).
 # Measured in the session of 2026-12-05 (export/README.md): the shipped CLIP reads shape at chance
 # (zero-shot 46/45% seen/held-out), this lane's at 92/78% after clip_long.
 #   export/shapes/train_shape.sh [OUT] [PYTHON]      (OUT default export/shapes/runs/ckpt_shape)
@@ -15,7 +16,10 @@
 #   then two 1-thread lanes side by side: the prior from scratch (5000 steps, 0.2 s/step) and the
 #   decoder from the shipped one (decoder_nc, --new-clip, 3892 steps; 0.8 s/step)
 #   decoder_nc_mid from decoder_nc (t_focus: 70% of the timesteps in [400, 950), 5494 steps, one
-#   thread, 0.78 s/step): the decoder of the checkpoint shipped on 2026-12-05
+#   thread, 0.78 s/step): the decoder of the checkpoint shipped on 2026-12-05 (assembled: runs/ckpt_mid)
+#   decoder_nc_mid2 from runs/ckpt_mid's decoder (the same t_focus, seed 1, fresh optimizer, 6377
+#   steps, one thread, 1.26 s/step on an AVX2-only EPYC; the shipped run stopped once at 3974 and
+#   resumed from its checkpoint): the decoder of the checkpoint shipped on 2026-12-06
 # DECODER_MINUTES=N stops each decoder step after N minutes of this invocation (it saves and resumes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,5 +43,8 @@ prior=$!
 "$PY" $S/train_decoder.py --config decoder_nc_mid --init-from "$R/decoder_nc" "${NEW[@]}" \
   --run-dir "$R/decoder_nc_mid" --max-steps 5494 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
-"$PY" $S/assemble.py "$OUT" --base "$BASE" --clip "$R/clip_long" --prior "$R/prior_long" \
-  --decoder "$R/decoder_nc_mid"
+[ -f "$R/ckpt_mid/shapes_unclip.json" ] || "$PY" $S/assemble.py "$R/ckpt_mid" --base "$BASE" \
+  --clip "$R/clip_long" --prior "$R/prior_long" --decoder "$R/decoder_nc_mid"
+"$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid" "${NEW[@]}" \
+  --run-dir "$R/decoder_nc_mid2" --max-steps 6377 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+"$PY" $S/assemble.py "$OUT" --base "$R/ckpt_mid" --decoder "$R/decoder_nc_mid2"
