@@ -56,16 +56,15 @@ def ema_weights(state: dict) -> dict:
 
 class Base:
     """The components of an assembled checkpoint (`--base`), each loaded as the module its run's
-    would be, with a run-like state {"step", "config", "clip_step", "from"} from its provenance."""
+    would be, with a run-like state: its provenance (run, step, config, …) plus "clip_step" and "from"."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.components = json.loads((path / "shapes_unclip.json").read_text())["components"]
+        self.components = training.assembled_components(path)
 
     def state(self, name: str) -> dict:
         made = self.components[name]
-        return {"step": made["step"], "config": made["config"], "clip_step": self.components["clip"]["step"],
-                "from": os.path.relpath(self.path, training.HERE), "made": made}
+        return {**made, "clip_step": self.components["clip"]["step"], "from": os.path.relpath(self.path, training.HERE)}
 
     def load(self, name: str):
         from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
@@ -157,7 +156,7 @@ def provenance(parts: dict) -> dict:
     components = {}
     for name, (path, state) in parts["runs"].items():
         if "from" in state:  # taken from --base: keep its whole provenance, and say where it was taken from
-            components[name] = {**state["made"], "from": state["from"]}
+            components[name] = {k: v for k, v in state.items() if k != "clip_step"}
         else:
             components[name] = {"run": os.path.relpath(path, training.HERE), "step": state["step"],
                                 "config": state["config"]}

@@ -98,15 +98,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clip = ClipTowers(args.clip_run)
     if (args.run / "shapes_unclip.json").exists():  # an assembled checkpoint (its decoder holds EMA weights)
-        import json
-
         if args.raw:
             raise SystemExit(f"--raw: {args.run} is an assembled checkpoint, which keeps only the EMA weights")
 
-        made = json.loads((args.run / "shapes_unclip.json").read_text())["components"]["decoder"]
-        state = {"step": made["step"], "config": made["config"]}
+        made = training.assembled_components(args.run)
+        state = {"step": made["decoder"]["step"], "config": made["decoder"]["config"]}
         model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()
-        init_weights(model, args.run, clip)
+        init_weights(model, args.run, made, clip)
     else:
         state = training.require_run(args.run, "decoder")
         model = DecoderWithProj(state["config"]["decoder"], clip.config["embed_dim"]).eval()

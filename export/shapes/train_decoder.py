@@ -97,16 +97,15 @@ def check_short_states(model: DecoderWithProj, clip: ClipTowers, captions: list[
     return diff
 
 
-def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers, new_clip: bool = False) -> str:
+def init_weights(model: DecoderWithProj, checkpoint: Path, made: dict, clip: ClipTowers, new_clip: bool = False) -> str:
     """Loads the decoder and text_proj of an assembled checkpoint (the committed shipped one, to
     fine-tune it further without its training runs). With `new_clip`, the checkpoint's CLIP may
     differ from the CLIP run's (same embedding width): the UNet's drawing carries over and its
     conditioning re-learns the new embeddings, much sooner than a decoder trained from zero.
     If the run's decoder config differs from the checkpoint's (say, cross-attention added at one
     more level), the tensors of the same name and shape are loaded and the rest keep their fresh
-    initialization. Returns what was loaded, for the log."""
-    import json
-
+    initialization. `made` is the checkpoint's provenance (training.assembled_components). Returns
+    what was loaded, for the log."""
     from diffusers import UNet2DConditionModel
 
     from _common import register_text_proj
@@ -114,7 +113,7 @@ def init_weights(model: DecoderWithProj, checkpoint: Path, clip: ClipTowers, new
     register_text_proj()
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
-    made_with = json.loads((checkpoint / "shapes_unclip.json").read_text())["components"]["clip"]
+    made_with = made["clip"]
     if made_with["config"]["embed_dim"] != clip.config["embed_dim"]:
         raise SystemExit(f"{checkpoint}'s decoder takes {made_with['config']['embed_dim']}-wide CLIP embeddings, the "
                          f"CLIP run makes {clip.config['embed_dim']}-wide ones")
@@ -159,10 +158,16 @@ def main() -> None:
     schedule = Schedule()
 
     model = DecoderWithProj(config["decoder"], embed_dim).train()
+    init = {}
+    if args.init_weights is not None:
+        # the checkpoint directory is overwritten when a new one ships: name the run and step behind it
+        made = training.assembled_components(args.init_weights)
+        init = {"init_from": f"{os.path.relpath(args.init_weights, training.HERE)} "
+                             f"(decoder {made['decoder']['run']} step {made['decoder']['step']})"}
     if args.init_weights is not None and not run.checkpoint_path.exists():
         if args.init_from is not None:
             raise SystemExit("--init-weights and --init-from both start a run: give one")
-        loaded = init_weights(model, args.init_weights, clip, args.new_clip)
+        loaded = init_weights(model, args.init_weights, made, clip, args.new_clip)
         run.log(f"initialized from {args.init_weights}: {loaded} (fresh optimizer)")
     ema = training.EMA(model, train["ema_decay"])
     opt = training.optimizer(model.parameters(), train)
@@ -208,7 +213,6 @@ def main() -> None:
         return {"loss": loss.item(), **parts, "grad": grad.item()}
 
     def state_fn(step: int) -> dict:
-        init = {} if args.init_weights is None else {"init_from": os.path.relpath(args.init_weights, training.HERE)}
         return {"step": step, "config": config, "clip_step": clip.step, "model": model.state_dict(),
                 "ema": ema.state_dict(), "optimizer": opt.state_dict(), **init}
 

@@ -269,6 +269,12 @@ def require_run(path: Path, what: str) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)
 
 
+def assembled_components(checkpoint: Path) -> dict:
+    """An assembled checkpoint's provenance (assemble.py's shapes_unclip.json): per component, the
+    run, step and config that made it."""
+    return json.loads((checkpoint / "shapes_unclip.json").read_text())["components"]
+
+
 def ensure_import_path() -> None:
     for p in (str(HERE), str(HERE.parent)):
         if p not in sys.path:

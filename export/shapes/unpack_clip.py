@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    provenance = json.loads((args.checkpoint / "shapes_unclip.json").read_text())["components"]["clip"]
+    provenance = training.assembled_components(args.checkpoint)["clip"]
     config, step = provenance["config"], provenance["step"]
     if (args.out / training.CHECKPOINT).exists():
         raise SystemExit(f"{args.out} already holds a CLIP run: delete it first")
