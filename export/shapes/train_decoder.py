@@ -159,14 +159,18 @@ def main() -> None:
 
     model = DecoderWithProj(config["decoder"], embed_dim).train()
     init = {}
-    if args.init_weights is not None:
+    if run.checkpoint_path.exists():
+        # a resumed run keeps the origin it recorded when it started: the checkpoint directory may
+        # have been overwritten since (it is, whenever this run's decoder ships)
+        if "init_from" in (resumed := run.load()):
+            init = {"init_from": resumed["init_from"]}
+    elif args.init_weights is not None:
+        if args.init_from is not None:
+            raise SystemExit("--init-weights and --init-from both start a run: give one")
         # the checkpoint directory is overwritten when a new one ships: name the run and step behind it
         made = training.assembled_components(args.init_weights)
         init = {"init_from": f"{os.path.relpath(args.init_weights, training.HERE)} "
                              f"(decoder {made['decoder']['run']} step {made['decoder']['step']})"}
-    if args.init_weights is not None and not run.checkpoint_path.exists():
-        if args.init_from is not None:
-            raise SystemExit("--init-weights and --init-from both start a run: give one")
         loaded = init_weights(model, args.init_weights, made, clip, args.new_clip)
         run.log(f"initialized from {args.init_weights}: {loaded} (fresh optimizer)")
     ema = training.EMA(model, train["ema_decay"])
