@@ -17,9 +17,10 @@
 #   decoder from the shipped one (decoder_nc, --new-clip, 3892 steps; 0.8 s/step)
 #   decoder_nc_mid from decoder_nc (t_focus: 70% of the timesteps in [400, 950), 5494 steps, one
 #   thread, 0.78 s/step): the decoder of the checkpoint shipped on 2026-12-05 (assembled: runs/ckpt_mid)
-#   decoder_nc_mid2 from runs/ckpt_mid's decoder (the same t_focus, seed 1, fresh optimizer, 6377
-#   steps, one thread, 1.26 s/step on an AVX2-only EPYC; the shipped run stopped once at 3974 and
-#   resumed from its checkpoint): the decoder of the checkpoint shipped on 2026-12-06
+#   decoder_nc_mid2 from runs/ckpt_mid's decoder (the same t_focus, seed 1, fresh optimizer, 9604
+#   steps, one thread, 1.26–1.35 s/step on an AVX2-only EPYC; the shipped run stopped at 3974 and
+#   6377 and resumed from its checkpoint): the decoder of the checkpoint shipped on 2026-12-06
+#   (6377 steps in the first bundle of that day, 9604 in the second)
 # DECODER_MINUTES=N stops each decoder step after N minutes of this invocation (it saves and resumes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,5 +47,5 @@ wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
 [ -f "$R/ckpt_mid/shapes_unclip.json" ] || "$PY" $S/assemble.py "$R/ckpt_mid" --base "$BASE" \
   --clip "$R/clip_long" --prior "$R/prior_long" --decoder "$R/decoder_nc_mid"
 "$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid" "${NEW[@]}" \
-  --run-dir "$R/decoder_nc_mid2" --max-steps 6377 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+  --run-dir "$R/decoder_nc_mid2" --max-steps 9604 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 "$PY" $S/assemble.py "$OUT" --base "$R/ckpt_mid" --decoder "$R/decoder_nc_mid2"
