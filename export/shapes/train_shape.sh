@@ -20,7 +20,10 @@
 #   decoder_nc_mid2 from runs/ckpt_mid's decoder (the same t_focus, seed 1, fresh optimizer, 9604
 #   steps, one thread, 1.26–1.35 s/step on an AVX2-only EPYC; the shipped run stopped at 3974 and
 #   6377 and resumed from its checkpoint): the decoder of the checkpoint shipped on 2026-12-06
-#   (6377 steps in the first bundle of that day, 9604 in the second)
+#   (6377 steps in the first bundle of that day, 9604 in the second; assembled: runs/ckpt_mid2)
+#   decoder_nc_mid4 from runs/ckpt_mid2's decoder (decoder_nc_mid2's config, fresh optimizer, 8795
+#   steps, two threads, 0.40 s/step on the same EPYC alone): the decoder of the checkpoint shipped
+#   on 2026-12-06 evening (true-embedding probe, 192 scenes: all 77.1 → 89.6%, held-out 75.0 → 83.3%)
 # DECODER_MINUTES=N stops each decoder step after N minutes of this invocation (it saves and resumes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,4 +51,8 @@ wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
   --clip "$R/clip_long" --prior "$R/prior_long" --decoder "$R/decoder_nc_mid"
 "$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid" "${NEW[@]}" \
   --run-dir "$R/decoder_nc_mid2" --max-steps 9604 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
-"$PY" $S/assemble.py "$OUT" --base "$R/ckpt_mid" --decoder "$R/decoder_nc_mid2"
+[ -f "$R/ckpt_mid2/shapes_unclip.json" ] || "$PY" $S/assemble.py "$R/ckpt_mid2" --base "$R/ckpt_mid" \
+  --decoder "$R/decoder_nc_mid2"
+"$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid2" "${NEW[@]}" --threads 2 \
+  --run-dir "$R/decoder_nc_mid4" --max-steps 8795 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
+"$PY" $S/assemble.py "$OUT" --base "$R/ckpt_mid2" --decoder "$R/decoder_nc_mid4"
