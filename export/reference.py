@@ -54,7 +54,7 @@ CASES = {
                            gs=(0.0, 4.0)),
 }
 # Cases for the trained shapes checkpoint (export/shapes/assemble.py), not tiny-karlo: run with
-# `--checkpoint export/shapes/runs/shapes-unclip --out tests/fixtures/ref-shapes --case shapes_default`.
+# `--checkpoint export/shapes/checkpoint --out tests/fixtures/ref-shapes --case shapes_default`.
 # The bundle's default settings (25/25/7 steps, guidance 4/2: models/shapes is exported with
 # --decoder-guidance-scale 2, docs/shapes-eval.md) and the 64→256 upsampler, which is what
 # UnCLIPPipeline runs (it has no 256→1024 stage). At diffusers' decoder default 8 this trained
