@@ -54,14 +54,24 @@ CASES = {
                            gs=(0.0, 4.0)),
 }
 # Cases for the trained shapes checkpoint (export/shapes/assemble.py), not tiny-karlo: run with
-# `--checkpoint export/shapes/checkpoint --out tests/fixtures/ref-shapes --case shapes_default`.
-# The bundle's default settings (25/25/7 steps, guidance 2/2: models/shapes is exported with
-# --prior-guidance-scale 2 --decoder-guidance-scale 2, docs/shapes-eval.md) and the 64→256 upsampler, which is what
-# UnCLIPPipeline runs (it has no 256→1024 stage). At diffusers' decoder default 8 this trained
-# decoder saturates, and guidance 8 multiplies ORT's ~2e-6 per-call difference from torch by 15
-# at every step: 25 of 12,288 decoder outputs then differ by up to 2.7e-3 (the decoder of 2026-12-06).
+# `--checkpoint export/shapes/checkpoint --out tests/fixtures/ref-shapes --case shapes_default`
+# after exporting models/shapes from it. The case runs the bundle's default steps and guidance (read
+# from its bundle.json, so the test follows the defaults a user gets; docs/shapes-eval.md) and the
+# 64→256 upsampler, which is what UnCLIPPipeline runs (it has no 256→1024 stage). At diffusers'
+# decoder default 8 this trained decoder saturates, and guidance 8 multiplies ORT's ~2e-6 per-call
+# difference from torch by 15 at every step: 25 of 12,288 decoder outputs then differ by up to
+# 2.7e-3 (the decoder of 2026-12-06).
+def bundle_defaults(bundle: Path) -> dict:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    first_upsampler = meta["upsamplers"][0]
+    return dict(stages=(meta["prior"]["default_steps"], meta["decoder"]["default_steps"],
+                        first_upsampler["default_steps"]),
+                gs=(meta["prior"]["default_guidance_scale"], meta["decoder"]["default_guidance_scale"]))
+
+
 CHECKPOINT_CASES = {
-    "shapes_default": dict(prompt="a red circle on a blue background", seed=0, stages=(25, 25, 7), gs=(2.0, 2.0)),
+    "shapes_default": dict(prompt="a red circle on a blue background", seed=0,
+                           **bundle_defaults(REPO / "models/shapes")),
 }
 # diffusers' UnCLIPScheduler.set_timesteps(1) divides by zero ((T-1)/(N-1)): no reference exists for
 # one step; the Rust scheduler defines it (see src/schedulers/unclip.rs) and this is recorded here.

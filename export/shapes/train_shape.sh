@@ -39,17 +39,17 @@ mkdir -p "$R"
 "$PY" $S/train_clip.py --config clip_long --init-from "$R/clip_shape" --run-dir "$R/clip_long" --threads 2
 [ -f "$R/scenes_long.pt" ] || "$PY" $S/embed_scenes.py --clip-run "$R/clip_long" --out "$R/scenes_long.pt" --threads 2
 
-NEW=(--clip-run "$R/clip_long" --scenes "$R/scenes_long.pt" --threads 1)
-"$PY" $S/train_prior.py "${NEW[@]}" --run-dir "$R/prior_long" > "$R/prior-long.log" 2>&1 &
+NEW=(--clip-run "$R/clip_long" --scenes "$R/scenes_long.pt")
+"$PY" $S/train_prior.py "${NEW[@]}" --threads 1 --run-dir "$R/prior_long" > "$R/prior-long.log" 2>&1 &
 prior=$!
-"$PY" $S/train_decoder.py --config decoder_nc --init-weights "$BASE" --new-clip "${NEW[@]}" \
+"$PY" $S/train_decoder.py --config decoder_nc --init-weights "$BASE" --new-clip "${NEW[@]}" --threads 1 \
   --run-dir "$R/decoder_nc" --max-steps 3892 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
-"$PY" $S/train_decoder.py --config decoder_nc_mid --init-from "$R/decoder_nc" "${NEW[@]}" \
+"$PY" $S/train_decoder.py --config decoder_nc_mid --init-from "$R/decoder_nc" "${NEW[@]}" --threads 1 \
   --run-dir "$R/decoder_nc_mid" --max-steps 5494 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 wait $prior || { echo "the prior failed: see $R/prior-long.log"; exit 1; }
 [ -f "$R/ckpt_mid/shapes_unclip.json" ] || "$PY" $S/assemble.py "$R/ckpt_mid" --base "$BASE" \
   --clip "$R/clip_long" --prior "$R/prior_long" --decoder "$R/decoder_nc_mid"
-"$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid" "${NEW[@]}" \
+"$PY" $S/train_decoder.py --config decoder_nc_mid2 --init-weights "$R/ckpt_mid" "${NEW[@]}" --threads 1 \
   --run-dir "$R/decoder_nc_mid2" --max-steps 9604 ${DECODER_MINUTES:+--max-minutes "$DECODER_MINUTES"}
 [ -f "$R/ckpt_mid2/shapes_unclip.json" ] || "$PY" $S/assemble.py "$R/ckpt_mid2" --base "$R/ckpt_mid" \
   --decoder "$R/decoder_nc_mid2"
