@@ -96,8 +96,8 @@ def diffusers_mode(args, config: dict, autocast: bool, work: Path) -> dict:
             "stages": {k: v["median"] for k, v in warm["stages"].items()}, "pixels": pixels}
 
 
-def unclip_flags(args, config: dict, device_flags: list[str]) -> list[str]:
-    return ["--model", str(args.bundle), "--rng", "torch", "--seed", str(SEED), "--threads", str(args.threads),
+def unclip_flags(args, config: dict, device_flags: list[str], threads: int | None = None) -> list[str]:
+    return ["--model", str(args.bundle), "--rng", "torch", "--seed", str(SEED), "--threads", str(threads or args.threads),
               "--num-images", str(config["batch"]), "--prior-steps", str(config["prior"]),
               "--decoder-steps", str(config["decoder"]), "--sr-steps", str(config["sr"]), "--size", "256",
               *device_flags]
@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (warm process)")
     ap.add_argument("--configs", default="25/25/7x1,5/5/2x1,5/5/2x4")
     ap.add_argument("--ablations", default="5/5/2x1", help="config of the before/after rows, or none")
+    ap.add_argument("--rows", default="cache,low-memory,spin,threads",
+                    help="which before/after rows to measure (comma-separated: cache, low-memory, spin, threads)")
     ap.add_argument("--modes", default=None, help="comma-separated substrings of the mode names to run")
     ap.add_argument("--update", action="store_true", help="merge into an existing OUT.json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
@@ -189,7 +191,10 @@ def main() -> None:
         kept = [r for r in old["results"] if (r["config"], r["mode"]) not in measured]
         order = {(r["config"], r["mode"]): i for i, r in enumerate(old["results"])}
         report["results"] = sorted(kept + results, key=lambda r: order.get((r["config"], r["mode"]), len(order)))
-        report["ablations"] = ablations or old.get("ablations", [])
+        # a re-measured row replaces its old self; rows not measured this time (including ones
+        # measured by hand, e.g. across two runs of the table) are kept in their place
+        changed = {a["change"] for a in ablations}
+        report["ablations"] = [a for a in old.get("ablations", []) if a["change"] not in changed] + ablations
         report["updated"] = sorted(set(old.get("updated", [])) | {f"{c} {m}" for c, m in measured})
         report["date"] = old["date"]
         report["title"] = args.title or old["title"]
@@ -203,30 +208,44 @@ def main() -> None:
 def measure_ablations(args, config: dict, work: Path) -> list[dict]:
     """Cold `unclip generate` processes with one setting changed: wall seconds and peak RSS."""
 
-    def cold(flags: list[str]) -> dict:
-        print(f"{config['name']}: unclip generate {' '.join(flags)} …", file=sys.stderr, flush=True)
+    def cold(flags: list[str], threads: int | None = None) -> dict:
+        shown = [*flags, *(["--threads", str(threads)] if threads else [])]
+        print(f"{config['name']}: unclip generate {' '.join(shown)} …", file=sys.stderr, flush=True)
         image = work / "ablation.png"
         wall, rss, _ = run_measured([args.unclip, "-q", "generate", PROMPT, "-o", str(image),
-                                     *unclip_flags(args, config, flags)])
+                                     *unclip_flags(args, config, flags, threads)])
         print(f"  {wall:.2f} s, {rss:.0f} MiB", file=sys.stderr)
         return {"flags": flags, "cold_seconds": wall, "peak_rss_mib": rss}
 
     rows = []
+    wanted = {r.strip() for r in args.rows.split(",")}
     fast = ["--device", "openvino", "--precision", "auto"]
     cache = ["--openvino-cache-dir", str(work / "ablation-cache")]
-    try:
-        before = cold([*fast, "--openvino-cache-dir", "none"])
-        cold([*fast, *cache])  # fills the cache
-        after = cold([*fast, *cache])
-        rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache (fast mode, cold start)",
-                     "before": before, "after": after})
-    except RuntimeError as e:
-        rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache",
-                     "unavailable": str(e).strip().splitlines()[-1]})
-    before = cold([])
-    after = cold(["--low-memory"])
-    rows.append({"config": config["name"], "change": "--low-memory (exact mode, peak RSS)", "before": before,
-                 "after": after})
+    if "cache" in wanted:
+        try:
+            before = cold([*fast, "--openvino-cache-dir", "none"])
+            cold([*fast, *cache])  # fills the cache
+            after = cold([*fast, *cache])
+            rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache (fast mode, cold start)",
+                         "before": before, "after": after})
+        except RuntimeError as e:
+            rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache",
+                         "unavailable": str(e).strip().splitlines()[-1]})
+    if not wanted & {"low-memory", "spin", "threads"}:
+        return rows
+    exact = cold([])
+    if "low-memory" in wanted:
+        after = cold(["--low-memory"])
+        rows.append({"config": config["name"], "change": "--low-memory (exact mode, peak RSS)", "before": exact,
+                     "after": after})
+    if "spin" in wanted:
+        after = cold(["--spin"])
+        rows.append({"config": config["name"], "change": "--spin: idle intra-op threads spin instead of sleeping "
+                     "(exact mode)", "before": exact, "after": after})
+    if "threads" in wanted and args.threads > 1:
+        before = cold([], threads=1)
+        rows.append({"config": config["name"], "change": f"threads = cores: --threads 1 → {args.threads} "
+                     "(exact mode)", "before": before, "after": exact})
     return rows
 
 
@@ -307,6 +326,8 @@ def fidelity_markdown(f: dict) -> list[str]:
     lines += ["", f"Paired, picture by picture: the same all-attributes verdict on {p['same_all_attributes_verdict']} "
               f"of {p['pictures']} pictures; mean |pixel difference| {p['mean_abs_pixel_diff']:.2f} levels "
               f"(median picture {p['median_per_picture_mean_abs_pixel_diff']:.2f}, max {p['max_abs_pixel_diff']})."]
+    if f.get("note"):
+        lines += ["", f"Note: {f['note']}."]
     return lines
 
 

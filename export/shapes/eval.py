@@ -233,6 +233,12 @@ def score(item: dict, seen: dict) -> dict:
 
 # ---- generation --------------------------------------------------------------------------------
 
+def chunk_paths(n_items: int, args, out_dir: Path) -> list[Path]:
+    """Every picture file `generate` writes for n_items captions."""
+    return [out_dir / f"chunk{j // args.chunk:03d}_{i}.png" for j in range(0, n_items, args.chunk)
+            for i in range(min(args.chunk, n_items - j) * args.images)]
+
+
 def generate(items: list[dict], config: dict, args, out_dir: Path) -> list[list[np.ndarray]]:
     """Pictures per caption from `unclip generate`, in chunks of prompts (one process each)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -426,6 +432,10 @@ def main() -> None:
     ap.add_argument("--ablation-every", type=int, default=1,
                     help="the ablations and the sweep use every N-th of those captions (the default "
                          "configuration is also scored on that subset, for a like-for-like comparison)")
+    ap.add_argument("--paired-with", type=Path, metavar="WORK",
+                    help="another run's --work (same --images, --chunk, --every): compare the default "
+                         "configuration's pictures one by one (all-attributes verdicts, pixel differences), "
+                         "e.g. the fast mode against the exact mode; writes OUT/shapes-eval-paired.json")
     ap.add_argument("--self-test", action="store_true")
     args = ap.parse_args()
     if args.self_test:
@@ -457,7 +467,34 @@ def main() -> None:
         if config["kind"] == "default" and args.ablation_every > 1:
             add({**config, "name": f"{config['name']}, ablation captions", "kind": "default-subset"}, subset,
                 pictures[:: args.ablation_every], t0)
+        if config["kind"] == "default" and args.paired_with is not None:
+            other_dir = args.paired_with / config["name"].replace(" ", "-").replace("(", "").replace(")", "")
+            missing = [p for p in chunk_paths(len(items), args, other_dir) if not p.exists()]
+            if missing:
+                sys.exit(f"--paired-with: {missing[0]} is missing: give the --work of a run with the same "
+                         "--images, --chunk and --every")
+            other = generate(items, config, args, other_dir)
+            stats = paired(items, pictures, other)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "shapes-eval-paired.json").write_text(json.dumps(stats, indent=2) + "\n")
+            print(f"paired with {args.paired_with}: {stats}", flush=True)
     report(results, args, time.time() - started)
+
+
+def paired(items: list[dict], a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict:
+    """Two runs' pictures of the same captions and seeds, one by one: how often the all-attributes
+    verdict agrees, and the pixel differences (uint8 levels)."""
+    same, means, peak = 0, [], 0
+    for item, xs, ys in zip(items, a, b):
+        for x, y in zip(xs, ys):
+            d = np.abs(x.astype(np.int16) - y.astype(np.int16))
+            means.append(float(d.mean()))
+            peak = max(peak, int(d.max()))
+            same += score(item, measure(x))["all"] == score(item, measure(y))["all"]
+    return {"pictures": len(means), "same_all_attributes_verdict": same,
+            "mean_abs_pixel_diff": round(float(np.mean(means)), 2),
+            "median_per_picture_mean_abs_pixel_diff": round(float(np.median(means)), 2),
+            "max_abs_pixel_diff": peak}
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 //! ONNX Runtime: library loading, the process-wide environment, devices, model sessions.
 //!
-//! One ORT environment per process with a global intra-op thread pool and spinning off:
+//! One ORT environment per process with a global intra-op thread pool, spinning off by default:
 //! per-session pools with spinning were measured 3.5× slower on this kind of machine (NOTES,
-//! DESIGN §7). This module knows nothing of diffusion.
+//! DESIGN §7); spinning in the one global pool is `--spin` (docs/benchmarks.md has its row). This module knows nothing of diffusion.
 
 mod device;
 mod library;
@@ -27,6 +27,7 @@ use crate::{Error, Result};
 struct Loaded {
     library: PathBuf,
     threads: usize,
+    spinning: bool,
     environment: Environment,
     /// The OpenVINO plugin registered with the environment, if any (once per process).
     openvino_plugin: Option<PathBuf>,
@@ -49,6 +50,7 @@ pub struct Runtime {
     environment: Environment,
     library: PathBuf,
     threads: usize,
+    spinning: bool,
     device: Device,
     precision: Precision,
     tensorrt: TensorRtOptions,
@@ -62,6 +64,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("library", &self.library)
             .field("threads", &self.threads)
+            .field("spinning", &self.spinning)
             .field("device", &self.device)
             .field("precision", &self.precision)
             .field("low_memory", &self.low_memory)
@@ -79,6 +82,7 @@ pub struct RuntimeBuilder {
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
     threads: Option<usize>,
+    spinning: bool,
     low_memory: bool,
     upsampler_batch: Option<usize>,
 }
@@ -118,6 +122,15 @@ impl RuntimeBuilder {
     /// runtime of the process.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Let the global pool's idle threads spin (busy-wait) between parallel sections instead of
+    /// sleeping (default off, ONNX Runtime's own default is on). Off gives the cores back to the
+    /// rest of the process and to other processes; on saves the wake-up latency of many small
+    /// operators. Fixed by the first runtime of the process, like the thread count.
+    pub fn spinning(mut self, spinning: bool) -> Self {
+        self.spinning = spinning;
         self
     }
 
@@ -171,7 +184,7 @@ impl RuntimeBuilder {
             let pool = GlobalThreadPoolOptions::default()
                 .with_intra_threads(threads)
                 .and_then(|p| p.with_inter_threads(1))
-                .and_then(|p| p.with_spin_control(false))
+                .and_then(|p| p.with_spin_control(self.spinning))
                 .map_err(ort_error("configuring the global thread pool"))?;
             let environment = builder
                 .with_name("unclip")
@@ -179,10 +192,11 @@ impl RuntimeBuilder {
                 .with_global_thread_pool(pool)
                 .build()
                 .map_err(ort_error("creating the ONNX Runtime environment"))?;
-            tracing::info!(library = %library.display(), threads, "loaded ONNX Runtime");
+            tracing::info!(library = %library.display(), threads, spinning = self.spinning, "loaded ONNX Runtime");
             *loaded = Some(Loaded {
                 library,
                 threads,
+                spinning: self.spinning,
                 environment,
                 openvino_plugin: None,
             });
@@ -215,6 +229,7 @@ impl RuntimeBuilder {
             environment: state.environment.clone(),
             library: state.library.clone(),
             threads: state.threads,
+            spinning: state.spinning,
             device: self.device,
             precision,
             tensorrt: self.tensorrt,
@@ -239,6 +254,11 @@ impl Runtime {
     /// Intra-op threads of the global pool.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Whether the global pool's idle threads spin ([`RuntimeBuilder::spinning`]).
+    pub fn spinning(&self) -> bool {
+        self.spinning
     }
 
     /// The device sessions run on.

@@ -82,6 +82,10 @@ struct RuntimeArgs {
     /// Intra-op threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Idle intra-op threads spin between operators instead of sleeping (lower latency, busy
+    /// cores; off by default).
+    #[arg(long)]
+    spin: bool,
     /// Keep a model's session only while its stage runs (peak memory about the largest stage,
     /// not the sum; each run re-creates the sessions).
     #[arg(long)]
@@ -348,7 +352,8 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
             plugin: args.openvino_plugin.clone(),
             cache_dir: openvino_cache,
         })
-        .low_memory(args.low_memory);
+        .low_memory(args.low_memory)
+        .spinning(args.spin);
     if let Some(images) = args.upsampler_batch {
         builder = builder.upsampler_batch(images);
     }
@@ -909,6 +914,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "upsampler_batch": pipeline.runtime().upsampler_batch(),
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
+        "spinning": pipeline.runtime().spinning(),
         "runs": args.runs,
         "warmup": args.warmup,
         "batch": request.prompts.len() * settings.num_images_per_prompt,
