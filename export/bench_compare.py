@@ -141,11 +141,17 @@ def main() -> None:
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return
+    if args.update and args.out.with_suffix(".json").exists():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        if (args.runs, args.warmup) != (old["runs"], old.get("warmup", 1)):
+            sys.exit(f"--update: this run's --runs {args.runs} --warmup {args.warmup} differ from the report's "
+                     f"({old['runs']}, {old.get('warmup', 1)}): give the same, so its header stays true")
     configs = [parse_config(c) for c in args.configs.split(",")]
     modes = {
         "diffusers fp32": lambda c, w: diffusers_mode(args, c, False, w),
         "diffusers bf16 autocast": lambda c, w: diffusers_mode(args, c, True, w),
         "unclip exact (cpu f32)": lambda c, w: unclip_mode(args, c, [], w),
+        "unclip exact (cpu f32, --spin)": lambda c, w: unclip_mode(args, c, ["--spin"], w),
         "unclip fast (openvino auto)": lambda c, w: unclip_mode(args, c, ["--device", "openvino", "--precision", "auto"], w),
     }
     if args.modes:
@@ -195,7 +201,12 @@ def main() -> None:
         # measured by hand, e.g. across two runs of the table) are kept in their place
         changed = {a["change"] for a in ablations}
         report["ablations"] = [a for a in old.get("ablations", []) if a["change"] not in changed] + ablations
-        report["updated"] = sorted(set(old.get("updated", [])) | {f"{c} {m}" for c, m in measured})
+        today = time.strftime("%Y-%m-%d")
+        with_reference = {r["config"] for r in results if r["mode"] == "diffusers fp32" and "unavailable" not in r}
+        fresh = {f"{c} {m} ({today}" + ("" if c in with_reference else ", diffusers fp32 not in that run: no pixel "
+                                        "difference") + ")" for c, m in measured}
+        stale = [u for u in old.get("updated", []) if not any(u.startswith(f"{c} {m} (") for c, m in measured)]
+        report["updated"] = sorted(set(stale) | fresh)
         report["date"] = old["date"]
         report["title"] = args.title or old["title"]
         report["updated_date"] = time.strftime("%Y-%m-%d")
@@ -259,8 +270,7 @@ def markdown(report: dict) -> str:
         "`vs fp32` is diffusers fp32's warm total over the mode's; `outside ORT` is unclip's own share of "
         "wall time (tokenizer, schedulers, guidance, noise, images: everything but `Session::run`). Pixel differences are against "
         "diffusers fp32's first image (uint8).",
-        *(["", f"Rows re-measured on {report['updated_date']} (`--update`, without diffusers in that run, so "
-               f"no pixel difference): {', '.join(report['updated'])}."]
+        *(["", f"Rows re-measured later (`--update`): {'; '.join(report['updated'])}."]
           if report.get("updated") else []),
         "",
         "| steps × batch | mode | total (s) | vs fp32 | cold start (s) | peak RSS (MiB) | text | prior | decoder "

@@ -291,7 +291,9 @@ fn info_and_bench() {
         assert!(text.contains(needle), "info lacks {needle}: {text}");
     }
     let m = model();
-    let mut args = vec!["-q", "bench", "--model", &m, "--runs", "2", "--warmup", "0"];
+    let mut args = vec![
+        "-q", "bench", "--model", &m, "--runs", "2", "--warmup", "0", "--spin",
+    ];
     args.extend(FAST);
     let result = unclip(&args);
     assert!(
@@ -315,6 +317,8 @@ fn info_and_bench() {
     assert!((0.0..1.0).contains(&share));
     assert_eq!(report["steps"]["decoder"], 2);
     assert_eq!(report["device"], "cpu");
+    // --spin reaches the process's one thread pool (it is fixed when ONNX Runtime is loaded)
+    assert_eq!(report["spinning"], true);
 }
 
 #[test]
