@@ -141,8 +141,10 @@ def main() -> None:
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return
-    if args.update and args.out.with_suffix(".json").exists():
-        old = json.loads(args.out.with_suffix(".json").read_text())
+    previous = args.out.with_suffix(".json")
+    previous = json.loads(previous.read_text()) if previous.exists() else None
+    old = previous if args.update else None
+    if old is not None:
         if (args.runs, args.warmup) != (old["runs"], old.get("warmup", 1)):
             sys.exit(f"--update: this run's --runs {args.runs} --warmup {args.warmup} differ from the report's "
                      f"({old['runs']}, {old.get('warmup', 1)}): give the same, so its header stays true")
@@ -186,13 +188,10 @@ def main() -> None:
     report = {"title": args.title or args.checkpoint.name, "prompt": PROMPT, "seed": SEED, "threads": args.threads,
               "runs": args.runs, "warmup": args.warmup, "cpu": cpu, "date": time.strftime("%Y-%m-%d"), "results": results,
               "ablations": ablations}
-    if args.out.with_suffix(".json").exists():
+    if previous is not None and previous.get("fidelity") is not None:
         # measured by export/shapes/eval.py, not here: kept from the previous report
-        fidelity = json.loads(args.out.with_suffix(".json").read_text()).get("fidelity")
-        if fidelity is not None:
-            report["fidelity"] = fidelity
-    if args.update and args.out.with_suffix(".json").exists():
-        old = json.loads(args.out.with_suffix(".json").read_text())
+        report["fidelity"] = previous["fidelity"]
+    if old is not None:
         measured = {(r["config"], r["mode"]) for r in results}
         kept = [r for r in old["results"] if (r["config"], r["mode"]) not in measured]
         order = {(r["config"], r["mode"]): i for i, r in enumerate(old["results"])}
@@ -209,7 +208,6 @@ def main() -> None:
         report["updated"] = sorted(set(stale) | fresh)
         report["date"] = old["date"]
         report["title"] = args.title or old["title"]
-        report["updated_date"] = time.strftime("%Y-%m-%d")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))

@@ -233,21 +233,25 @@ def score(item: dict, seen: dict) -> dict:
 
 # ---- generation --------------------------------------------------------------------------------
 
-def chunk_paths(n_items: int, args, out_dir: Path) -> list[Path]:
-    """Every picture file `generate` writes for n_items captions."""
-    return [out_dir / f"chunk{j // args.chunk:03d}_{i}.png" for j in range(0, n_items, args.chunk)
-            for i in range(min(args.chunk, n_items - j) * args.images)]
+def work_dir(work: Path, config: dict) -> Path:
+    """Where one configuration's pictures live under --work."""
+    return work / config["name"].replace(" ", "-").replace("(", "").replace(")", "")
 
 
-def generate(items: list[dict], config: dict, args, out_dir: Path) -> list[list[np.ndarray]]:
-    """Pictures per caption from `unclip generate`, in chunks of prompts (one process each)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def generate(items: list[dict], config: dict, args, out_dir: Path, make: bool = True) -> list[list[np.ndarray]]:
+    """Pictures per caption from `unclip generate`, in chunks of prompts (one process each); pictures
+    already in out_dir are reused. With make=False a missing picture is an error instead."""
+    if make:
+        out_dir.mkdir(parents=True, exist_ok=True)
     pictures: list[list[np.ndarray]] = []
     for j in range(0, len(items), args.chunk):
         chunk = items[j: j + args.chunk]
         stem = out_dir / f"chunk{j // args.chunk:03d}"
         paths = [stem.parent / f"{stem.name}_{i}.png" for i in range(len(chunk) * args.images)]
         if not all(p.exists() for p in paths):
+            if not make:
+                sys.exit(f"{next(p for p in paths if not p.exists())} is missing: give the --work of a run "
+                         "with the same --images, --chunk and --every")
             cmd = [str(args.unclip), "generate", *[x["caption"] for x in chunk], "--model", str(args.model),
                    "--num-images", str(args.images), "--size", str(SIZE), "--seed", str(1000 + j // args.chunk),
                    "--threads", str(args.threads), "-q", "-o", f"{stem}.png", *config.get("flags", []),
@@ -462,18 +466,13 @@ def main() -> None:
     for config in configs[:1] if args.default_only else configs:
         t0 = time.time()
         its = items if config["kind"] == "default" else subset
-        pictures = generate(its, config, args, args.work / config["name"].replace(" ", "-").replace("(", "").replace(")", ""))
+        pictures = generate(its, config, args, work_dir(args.work, config))
         add(config, its, pictures, t0)
         if config["kind"] == "default" and args.ablation_every > 1:
             add({**config, "name": f"{config['name']}, ablation captions", "kind": "default-subset"}, subset,
                 pictures[:: args.ablation_every], t0)
         if config["kind"] == "default" and args.paired_with is not None:
-            other_dir = args.paired_with / config["name"].replace(" ", "-").replace("(", "").replace(")", "")
-            missing = [p for p in chunk_paths(len(items), args, other_dir) if not p.exists()]
-            if missing:
-                sys.exit(f"--paired-with: {missing[0]} is missing: give the --work of a run with the same "
-                         "--images, --chunk and --every")
-            other = generate(items, config, args, other_dir)
+            other = generate(items, config, args, work_dir(args.paired_with, config), make=False)
             stats = paired(items, pictures, other)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "shapes-eval-paired.json").write_text(json.dumps(stats, indent=2) + "\n")
