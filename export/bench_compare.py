@@ -130,8 +130,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (warm process)")
     ap.add_argument("--configs", default="25/25/7x1,5/5/2x1,5/5/2x4")
     ap.add_argument("--ablations", default="5/5/2x1", help="config of the before/after rows, or none")
-    ap.add_argument("--rows", default="cache,low-memory,spin,threads",
-                    help="which before/after rows to measure (comma-separated: cache, low-memory, spin, threads)")
+    ap.add_argument("--rows", default="cache,low-memory,spin,threads,prepack",
+                    help="which before/after rows to measure (comma-separated: cache, low-memory, spin, threads, "
+                         "prepack)")
     ap.add_argument("--modes", default=None, help="comma-separated substrings of the mode names to run")
     ap.add_argument("--update", action="store_true", help="merge into an existing OUT.json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
@@ -240,7 +241,7 @@ def measure_ablations(args, config: dict, work: Path) -> list[dict]:
         except RuntimeError as e:
             rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache",
                          "unavailable": str(e).strip().splitlines()[-1]})
-    if not wanted & {"low-memory", "spin", "threads"}:
+    if not wanted & {"low-memory", "spin", "threads", "prepack"}:
         return rows
     exact = cold([])
     if "low-memory" in wanted:
@@ -255,6 +256,10 @@ def measure_ablations(args, config: dict, work: Path) -> list[dict]:
         before = cold([], threads=1)
         rows.append({"config": config["name"], "change": f"threads = cores: --threads 1 → {args.threads} "
                      "(exact mode)", "before": before, "after": exact})
+    if "prepack" in wanted:
+        before = cold(["--no-prepack"])
+        rows.append({"config": config["name"], "change": "weights pre-packed at session creation (ONNX Runtime's "
+                     "default; before: --no-prepack), exact mode", "before": before, "after": exact})
     return rows
 
 

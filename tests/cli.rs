@@ -292,7 +292,16 @@ fn info_and_bench() {
     }
     let m = model();
     let mut args = vec![
-        "-q", "bench", "--model", &m, "--runs", "2", "--warmup", "0", "--spin",
+        "-q",
+        "bench",
+        "--model",
+        &m,
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--spin",
+        "--no-prepack",
     ];
     args.extend(FAST);
     let result = unclip(&args);
@@ -319,6 +328,8 @@ fn info_and_bench() {
     assert_eq!(report["device"], "cpu");
     // --spin reaches the process's one thread pool (it is fixed when ONNX Runtime is loaded)
     assert_eq!(report["spinning"], true);
+    // --no-prepack reaches every session's options
+    assert_eq!(report["prepacking"], false);
 }
 
 #[test]

@@ -57,6 +57,7 @@ pub struct Runtime {
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
     low_memory: bool,
+    prepacking: bool,
     upsampler_batch: usize,
 }
 
@@ -69,13 +70,14 @@ impl std::fmt::Debug for Runtime {
             .field("device", &self.device)
             .field("precision", &self.precision)
             .field("low_memory", &self.low_memory)
+            .field("prepacking", &self.prepacking)
             .field("upsampler_batch", &self.upsampler_batch)
             .finish()
     }
 }
 
 /// Builds a [`Runtime`]: `Runtime::builder().device(Device::Cpu).build()?`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RuntimeBuilder {
     library: Option<PathBuf>,
     device: Device,
@@ -85,7 +87,25 @@ pub struct RuntimeBuilder {
     threads: Option<usize>,
     spinning: bool,
     low_memory: bool,
+    prepacking: bool,
     upsampler_batch: Option<usize>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            library: None,
+            device: Device::default(),
+            precision: Precision::default(),
+            tensorrt: TensorRtOptions::default(),
+            openvino: OpenVinoOptions::default(),
+            threads: None,
+            spinning: false,
+            low_memory: false,
+            prepacking: true,
+            upsampler_batch: None,
+        }
+    }
 }
 
 impl RuntimeBuilder {
@@ -141,6 +161,16 @@ impl RuntimeBuilder {
     /// largest stage instead of the sum, at the cost of one session creation per stage per run.
     pub fn low_memory(mut self, low_memory: bool) -> Self {
         self.low_memory = low_memory;
+        self
+    }
+
+    /// Let ONNX Runtime pre-pack constant weights at session creation (default on, ONNX Runtime's
+    /// own default): the CPU kernels of MatMul, Gemm and Conv re-lay out each weight once into
+    /// the blocked form their inner loops read, instead of packing it again on every call. Off
+    /// (`--no-prepack`, ONNX Runtime's `session.disable_prepacking`) exists to measure it
+    /// (docs/benchmarks.md has the row) and to bisect a numerical difference.
+    pub fn prepacking(mut self, prepacking: bool) -> Self {
+        self.prepacking = prepacking;
         self
     }
 
@@ -236,6 +266,7 @@ impl RuntimeBuilder {
             tensorrt: self.tensorrt,
             openvino: self.openvino,
             low_memory: self.low_memory,
+            prepacking: self.prepacking,
             upsampler_batch,
         })
     }
@@ -284,6 +315,11 @@ impl Runtime {
     /// Whether sessions live only while their stage runs ([`RuntimeBuilder::low_memory`]).
     pub fn is_low_memory(&self) -> bool {
         self.low_memory
+    }
+
+    /// Whether sessions pre-pack their constant weights ([`RuntimeBuilder::prepacking`]).
+    pub fn prepacking(&self) -> bool {
+        self.prepacking
     }
 
     /// The most images one super-resolution call takes ([`RuntimeBuilder::upsampler_batch`]).

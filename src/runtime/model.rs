@@ -215,6 +215,8 @@ fn create_session(
     let mut builder = Session::builder(runtime.environment())
         .map_err(ort_error(context.clone()))?
         .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_error(context.clone()))?
+        .with_prepacking(runtime.prepacking())
         .map_err(ort_error(context.clone()))?;
     if let Device::OpenVino { target } = runtime.device() {
         // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.

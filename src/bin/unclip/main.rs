@@ -86,6 +86,10 @@ struct RuntimeArgs {
     /// cores; off by default).
     #[arg(long)]
     spin: bool,
+    /// Do not pre-pack constant weights at session creation (ONNX Runtime's default is to;
+    /// for measuring it, docs/benchmarks.md).
+    #[arg(long)]
+    no_prepack: bool,
     /// Keep a model's session only while its stage runs (peak memory about the largest stage,
     /// not the sum; each run re-creates the sessions).
     #[arg(long)]
@@ -353,7 +357,8 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
             cache_dir: openvino_cache,
         })
         .low_memory(args.low_memory)
-        .spinning(args.spin);
+        .spinning(args.spin)
+        .prepacking(!args.no_prepack);
     if let Some(images) = args.upsampler_batch {
         builder = builder.upsampler_batch(images);
     }
@@ -915,6 +920,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "spinning": pipeline.runtime().spinning(),
+        "prepacking": pipeline.runtime().prepacking(),
         "runs": args.runs,
         "warmup": args.warmup,
         "batch": request.prompts.len() * settings.num_images_per_prompt,
