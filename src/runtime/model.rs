@@ -215,9 +215,13 @@ fn create_session(
     let mut builder = Session::builder(runtime.environment())
         .map_err(ort_error(context.clone()))?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(ort_error(context.clone()))?
-        .with_prepacking(runtime.prepacking())
         .map_err(ort_error(context.clone()))?;
+    if !runtime.prepacking() {
+        // only when asked: by default the session options stay ONNX Runtime's own
+        builder = builder
+            .with_prepacking(false)
+            .map_err(ort_error(context.clone()))?;
+    }
     if let Device::OpenVino { target } = runtime.device() {
         // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.
         let options = device::openvino_session_options(
