@@ -15,9 +15,13 @@ Per mode and config: one cold process (load + one generation: the cold start, th
 peak RSS from the kernel's rusage of that child) and one warm process (`unclip bench` /
 `bench_diffusers.py`, one warmup then --runs timed runs: per-stage and end-to-end medians). Images
 use the torch RNG (`--rng torch`), so each mode's first image is compared with diffusers fp32's
-pixel by pixel (uint8 as both write PNGs: max and mean absolute difference). At Karlo size one
-25/25/7 generation takes minutes and the first call's allocations are a fraction of a percent of
-it: `--warmup 0` saves a third of the run.
+pixel by pixel (uint8 as both write PNGs: max and mean absolute difference). Keep the default
+`--warmup 1`: a process's first generation is not a warm one. At Karlo size the fast mode's first
+run of `unclip bench --warmup 0 --runs 3` (5/5/2x1, OpenVINO bf16, cache populated) took 21.89 s
+against 16.22 and 16.36 s for the next two (OpenVINO sets up each model's kernels at its first
+inference); the cold-start column measures that first generation separately. Each row records the
+runs and warmups it was measured with (column `warm runs`), so rows of an `--update` measured with
+other settings say so.
 
 `--modes "unclip exact"` measures only the modes whose name contains one of the comma-separated
 substrings; with `--update` the rows measured replace those of an existing OUT.json and the rest
@@ -145,10 +149,6 @@ def main() -> None:
     previous = args.out.with_suffix(".json")
     previous = json.loads(previous.read_text()) if previous.exists() else None
     old = previous if args.update else None
-    if old is not None:
-        if (args.runs, args.warmup) != (old["runs"], old.get("warmup", 1)):
-            sys.exit(f"--update: this run's --runs {args.runs} --warmup {args.warmup} differ from the report's "
-                     f"({old['runs']}, {old.get('warmup', 1)}): give the same, so its header stays true")
     configs = [parse_config(c) for c in args.configs.split(",")]
     modes = {
         "diffusers fp32": lambda c, w: diffusers_mode(args, c, False, w),
@@ -182,7 +182,7 @@ def main() -> None:
                     r["pixel_diff_vs_diffusers_fp32"] = {"max": int(diff.max()), "mean": float(diff.mean())}
                 print(f"  {r['total']:.2f} s warm, {r['cold_seconds']:.2f} s cold, {r['peak_rss_mib']:.0f} MiB",
                       file=sys.stderr)
-                results.append({"config": config["name"], "mode": mode, **r})
+                results.append({"config": config["name"], "mode": mode, "runs": args.runs, "warmup": args.warmup, **r})
         ablations = [] if args.ablations == "none" else measure_ablations(args, parse_config(args.ablations), work)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -194,7 +194,9 @@ def main() -> None:
         report["fidelity"] = previous["fidelity"]
     if old is not None:
         measured = {(r["config"], r["mode"]) for r in results}
-        kept = [r for r in old["results"] if (r["config"], r["mode"]) not in measured]
+        # rows from before runs/warmup were recorded per row carry the report's
+        kept = [{"runs": old["runs"], "warmup": old.get("warmup", 1), **r} for r in old["results"]
+                if (r["config"], r["mode"]) not in measured]
         order = {(r["config"], r["mode"]): i for i, r in enumerate(old["results"])}
         report["results"] = sorted(kept + results, key=lambda r: order.get((r["config"], r["mode"]), len(order)))
         # a re-measured row replaces its old self; rows not measured this time (including ones
@@ -268,31 +270,38 @@ def markdown(report: dict) -> str:
         f"# Benchmarks: {report['title']}",
         "",
         f"Written by `scripts/bench-compare` on {report['date']}: {report['cpu']}, {report['threads']} threads, "
-        f"prompt \"{report['prompt']}\", seed {report['seed']}, torch RNG, median of {report['runs']} warm run(s) "
-        f"after {report.get('warmup', 1)} warmup run(s) in the same process. Steps are prior/decoder/super-res × batch. Stage seconds are model time; "
+        f"prompt \"{report['prompt']}\", seed {report['seed']}, torch RNG. `warm runs`: the median of R timed runs "
+        "after W untimed warmup runs in one process (R / W). Steps are prior/decoder/super-res × batch. Stage seconds are model time; "
         "`vs fp32` is diffusers fp32's warm total over the mode's; `outside ORT` is unclip's own share of "
         "wall time (tokenizer, schedulers, guidance, noise, images: everything but `Session::run`). Pixel differences are against "
         "diffusers fp32's first image (uint8).",
         *(["", f"Rows re-measured later (`--update`): {'; '.join(report['updated'])}."]
           if report.get("updated") else []),
         "",
-        "| steps × batch | mode | total (s) | vs fp32 | cold start (s) | peak RSS (MiB) | text | prior | decoder "
-        "| sr256 | outside ORT | pixel diff max / mean |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steps × batch | mode | warm runs | total (s) | vs fp32 | cold start (s) | peak RSS (MiB) | text | prior "
+        "| decoder | sr256 | outside ORT | pixel diff max / mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fp32 = {r["config"]: r["total"] for r in report["results"] if r["mode"] == "diffusers fp32" and "total" in r}
+
+    def warm_runs(r: dict) -> tuple[int, int]:
+        return r.get("runs", report["runs"]), r.get("warmup", report.get("warmup", 1))
+
+    fp32 = {r["config"]: r for r in report["results"] if r["mode"] == "diffusers fp32" and "total" in r}
     for r in report["results"]:
         if "unavailable" in r:
-            lines.append(f"| {r['config']} | {r['mode']} | unavailable: {r['unavailable']} ||||||||||")
+            lines.append(f"| {r['config']} | {r['mode']} | unavailable: {r['unavailable']} |||||||||||")
             continue
         s = r["stages"]
         diff = r.get("pixel_diff_vs_diffusers_fp32")
-        ratio = fp32.get(r["config"], float("nan")) / r["total"]
+        reference = fp32.get(r["config"])
+        # a ratio only between rows timed alike: a first generation is not a warm one
+        ratio = (f"{reference['total'] / r['total']:.2f}×" if reference and warm_runs(reference) == warm_runs(r)
+                 else "—")
         pixel = f"{diff['max']} / {diff['mean']:.3f}" if diff else "—"
         share = r.get("outside_ort_share")
         outside = f"{100 * share:.3f}%" if share is not None else "—"
         lines.append(
-            f"| {r['config']} | {r['mode']} | {r['total']:.2f} | {ratio:.2f}× | {r['cold_seconds']:.2f} | "
+            f"| {r['config']} | {r['mode']} | {'{} / {}'.format(*warm_runs(r))} | {r['total']:.2f} | {ratio} | {r['cold_seconds']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {s.get('text', 0):.2f} | {s.get('prior', 0):.2f} | {s.get('decoder', 0):.2f} | "
             f"{s.get('sr256', 0):.2f} | {outside} | {pixel} |"
         )
