@@ -5,7 +5,7 @@ OUT's copy of A's.
 
     python export/shapes/average_decoders.py A B OUT [--weight-b 0.5]
 
-Why (docs/shapes-eval.md, "Bars"): decoder_nc_mid4 at step 8795 (A, shipped on 2026-12-06) draws
+Why (docs/shapes-eval.md, "Why an average"): decoder_nc_mid4 at step 8795 (A, shipped on 2026-12-06) draws
 colors and backgrounds right and outlines worse; the same run at step 19709 (B) draws outlines
 better and confuses red with orange. Both lie on one training trajectory, so their average is a
 model of the same basin; measured at --images 4, the average beats both (92.5% all attributes
@@ -35,6 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.out.resolve() in (args.a.resolve(), args.b.resolve()):
         raise SystemExit("OUT must be a new directory, not A or B")
+    for p in (args.a, args.b):
+        if not (p / "shapes_unclip.json").exists():
+            raise SystemExit(f"{p} has no shapes_unclip.json: give checkpoints written by assemble.py")
     provenance = [json.loads((p / "shapes_unclip.json").read_text()) for p in (args.a, args.b)]
     clips = [(p["components"]["clip"]["run"], p["components"]["clip"]["step"]) for p in provenance]
     if clips[0] != clips[1]:
@@ -43,6 +46,8 @@ def main() -> None:
         for p in (args.a, args.b):
             if not (p / part / WEIGHTS).exists():
                 raise SystemExit(f"{p / part / WEIGHTS} is missing: give checkpoints written by assemble.py")
+        if (args.a / part / "config.json").read_text() != (args.b / part / "config.json").read_text():
+            raise SystemExit(f"{part}/config.json differs between A and B: only one architecture averages")
     if args.out.exists():
         shutil.rmtree(args.out)
     shutil.copytree(args.a, args.out)
@@ -53,9 +58,6 @@ def main() -> None:
             raise SystemExit(f"{part}: A and B have different architectures")
         mixed = {k: ((1 - w) * a[k].float() + w * b[k].float()).to(a[k].dtype).contiguous() for k in a}
         save_file(mixed, str(args.out / part / WEIGHTS))
-        for config in ("config.json",):
-            if (args.a / part / config).read_text() != (args.b / part / config).read_text():
-                raise SystemExit(f"{part}/{config} differs between A and B")
     record = provenance[0]
     decoders = [p["components"]["decoder"] for p in provenance]
     runs = sorted({d["run"] for d in decoders})

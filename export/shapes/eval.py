@@ -508,5 +508,6 @@ def paired(items: list[dict], a: list[list[np.ndarray]], b: list[list[np.ndarray
                       if only_here + only_there else 0.0}
                for kind, (only_here, only_there) in discordant.items()}}
 
+
 if __name__ == "__main__":
     main()
