@@ -347,7 +347,10 @@ def fidelity_markdown(f: dict) -> list[str]:
     p = f["paired"]
     lines += ["", f"Paired, picture by picture: the same all-attributes verdict on {p['same_all_attributes_verdict']} "
               f"of {p['pictures']} pictures; mean |pixel difference| {p['mean_abs_pixel_diff']:.2f} levels "
-              f"(median picture {p['median_per_picture_mean_abs_pixel_diff']:.2f}, max {p['max_abs_pixel_diff']})."]
+              f"(median picture {p['median_per_picture_mean_abs_pixel_diff']:.2f}, max {p['max_abs_pixel_diff']})."
+              + "".join(f" {kind.removesuffix('s').replace('_', '-')} captions: {p[kind]['only_this_run']} pictures right only in the "
+                        f"fast mode, {p[kind]['only_other_run']} only in the exact mode (McNemar z = "
+                        f"{p[kind]['mcnemar_z']})." for kind in ("one_object", "two_objects") if kind in p)]
     if f.get("note"):
         lines += ["", f"Note: {f['note']}."]
     return lines
