@@ -2,8 +2,8 @@
 //!
 //! One ORT environment per process with a global intra-op thread pool, spinning off by default:
 //! per-session pools with spinning were measured 3.5× slower on this kind of machine (NOTES,
-//! DESIGN §7); spinning in the one global pool is `--spin` (docs/benchmarks.md has its row: 1.4%
-//! at Karlo size, within noise). This module knows nothing of diffusion.
+//! DESIGN §7); spinning in the one global pool is `--spin` (docs/benchmarks.md has its rows: 0.4%
+//! at Karlo size, median of 3 warm runs, within noise). This module knows nothing of diffusion.
 
 mod device;
 mod library;
