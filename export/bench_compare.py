@@ -108,10 +108,14 @@ def unclip_flags(args, config: dict, device_flags: list[str], threads: int | Non
 
 
 def unclip_mode(args, config: dict, device_flags: list[str], work: Path) -> dict:
-    # The OpenVINO compile cache lives in this run's work directory: the cold process compiles
-    # (and fills it), the warm one loads from it, whatever earlier runs left in ~/.cache.
-    common = unclip_flags(args, config, [*device_flags, "--openvino-cache-dir", str(work / "openvino-cache")])
-    image = work / f"unclip-{'_'.join(device_flags) or 'cpu'}-{config['name'].replace('/', '_')}.png"
+    # The OpenVINO compile cache and the CPU's optimized-graph cache live in this run's work
+    # directory: the cold process compiles or optimizes (and fills them), the warm one loads from
+    # them, whatever earlier runs left in ~/.cache.
+    tag = f"{'_'.join(device_flags) or 'cpu'}-{config['name'].replace('/', '_')}"
+    caches = (["--openvino-cache-dir", str(work / "openvino-cache")] if "openvino" in device_flags
+              else ["--graph-cache-dir", str(work / f"graphs-{tag}")])
+    common = unclip_flags(args, config, [*device_flags, *caches])
+    image = work / f"unclip-{tag}.png"
     cold, rss, _ = run_measured([args.unclip, "-q", "generate", PROMPT, "-o", str(image), *common])
     _, _, stdout = run_measured([args.unclip, "-q", "bench", "--runs", str(args.runs), "--warmup", str(args.warmup), PROMPT,
                                  *common])
@@ -134,9 +138,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (warm process)")
     ap.add_argument("--configs", default="25/25/7x1,5/5/2x1,5/5/2x4")
     ap.add_argument("--ablations", default="5/5/2x1", help="config of the before/after rows, or none")
-    ap.add_argument("--rows", default="cache,low-memory,spin,threads,prepack",
-                    help="which before/after rows to measure (comma-separated: cache, low-memory, spin, threads, "
-                         "prepack)")
+    ap.add_argument("--rows", default="cache,graph-cache,low-memory,spin,threads,prepack",
+                    help="which before/after rows to measure (comma-separated: cache, graph-cache, low-memory, spin, "
+                         "threads, prepack)")
     ap.add_argument("--modes", default=None, help="comma-separated substrings of the mode names to run")
     ap.add_argument("--update", action="store_true", help="merge into an existing OUT.json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
@@ -221,6 +225,8 @@ def measure_ablations(args, config: dict, work: Path) -> list[dict]:
     """Cold `unclip generate` processes with one setting changed: wall seconds and peak RSS."""
 
     def cold(flags: list[str], threads: int | None = None) -> dict:
+        if "--graph-cache-dir" not in flags:  # not ~/.cache's: each row says whether it has one
+            flags = [*flags, "--graph-cache-dir", "none"]
         shown = [*flags, *(["--threads", str(threads)] if threads else [])]
         print(f"{config['name']}: unclip generate {' '.join(shown)} …", file=sys.stderr, flush=True)
         image = work / "ablation.png"
@@ -243,13 +249,24 @@ def measure_ablations(args, config: dict, work: Path) -> list[dict]:
         except RuntimeError as e:
             rows.append({"config": config["name"], "change": "OpenVINO compiled-model cache",
                          "unavailable": str(e).strip().splitlines()[-1]})
-    if not wanted & {"low-memory", "spin", "threads", "prepack"}:
+    if not wanted & {"graph-cache", "low-memory", "spin", "threads", "prepack"}:
         return rows
     exact = cold([])
-    if "low-memory" in wanted:
-        after = cold(["--low-memory"])
-        rows.append({"config": config["name"], "change": "--low-memory (exact mode, peak RSS)", "before": exact,
+    low = cold(["--low-memory"]) if "low-memory" in wanted else None
+    if "graph-cache" in wanted:
+        graphs = ["--graph-cache-dir", str(work / "ablation-graphs")]
+        cold(graphs)  # optimizes every model and saves the graphs
+        after = cold(graphs)
+        rows.append({"config": config["name"], "change": "ONNX Runtime's optimized graphs cached on disk "
+                     "(`--graph-cache-dir`, exact mode, cold start from a filled cache)", "before": exact,
                      "after": after})
+        if "low-memory" in wanted:
+            after = cold([*graphs, "--low-memory"])
+            rows.append({"config": config["name"], "change": "the same with --low-memory (every generation "
+                         "creates its stages' sessions again)", "before": low, "after": after})
+    if "low-memory" in wanted:
+        rows.append({"config": config["name"], "change": "--low-memory (exact mode, peak RSS)", "before": exact,
+                     "after": low})
     if "spin" in wanted:
         after = cold(["--spin"])
         rows.append({"config": config["name"], "change": "--spin: idle intra-op threads spin instead of sleeping "

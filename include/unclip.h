@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 4u
+#define UNCLIP_ABI_VERSION 5u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -125,6 +125,12 @@ typedef struct unclip_runtime_params {
     int32_t low_memory;                   /* non-zero: a stage's model sessions exist only while the
                                              stage runs (less peak memory, each generation loads
                                              them again); default 0 */
+    /* ABI 5 (appended): a host built against ABI 4 passes the smaller struct_size and gets the
+     * default; check unclip_abi_version() >= 5 before relying on it. */
+    const char *graph_cache_dir;          /* CPU device: keep ONNX Runtime's optimized graphs here,
+                                             so later loads skip graph optimization (as large as
+                                             the weights); NULL: none. Other devices refuse it
+                                             (UNCLIP_INVALID_ARGUMENT) */
 } unclip_runtime_params;
 
 typedef struct unclip_generate_params {

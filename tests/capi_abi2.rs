@@ -42,7 +42,7 @@ unsafe fn generate(
 #[test]
 fn schedulers_eta_size_and_abi1_hosts() {
     unsafe {
-        assert_eq!(unclip_abi_version(), 4);
+        assert_eq!(unclip_abi_version(), 5);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
         let (runtime, pipeline) = tiny_pipeline(&rp);
@@ -232,6 +232,19 @@ unsafe fn generate_with_runtime(
     generated
 }
 
+/// Generate params for the torch generator with `seed`: 2 prior steps, `decoder_steps`, 2
+/// super-resolution steps.
+unsafe fn torch_params(seed: u64, decoder_steps: u32) -> unclip_generate_params {
+    let mut params = std::mem::zeroed::<unclip_generate_params>();
+    unclip_generate_params_init(&mut params);
+    params.rng = 1; // torch
+    params.seed = seed;
+    params.prior_steps = 2;
+    params.decoder_steps = decoder_steps;
+    params.super_res_steps = 2;
+    params
+}
+
 #[test]
 fn abi4_low_memory_field_and_abi3_hosts() {
     unsafe {
@@ -242,8 +255,13 @@ fn abi4_low_memory_field_and_abi3_hosts() {
         assert_eq!(rp.struct_size, full);
         #[cfg(target_pointer_width = "64")]
         assert_eq!(
-            (RUNTIME_PARAMS_V2_SIZE, RUNTIME_PARAMS_V3_SIZE, full),
-            (48, 80, 88)
+            (
+                RUNTIME_PARAMS_V2_SIZE,
+                RUNTIME_PARAMS_V3_SIZE,
+                RUNTIME_PARAMS_V4_SIZE,
+                full
+            ),
+            (48, 80, 88, 96)
         );
 
         // An ABI 3 host: its struct ends before low_memory, whatever follows is never read
@@ -267,20 +285,14 @@ fn abi4_low_memory_field_and_abi3_hosts() {
                 format!(
                     "invalid unclip_runtime_params: struct_size is {}, which is no ABI version's \
                      size of this struct ([{RUNTIME_PARAMS_V2_SIZE}, {RUNTIME_PARAMS_V3_SIZE}, \
-                     {full}] or more): initialize it with its *_params_init()",
+                     {RUNTIME_PARAMS_V4_SIZE}, {full}] or more): initialize it with its *_params_init()",
                     RUNTIME_PARAMS_V3_SIZE + 4
                 )
             )
         );
 
         // Low-memory mode makes the same image, byte for byte.
-        let mut params = std::mem::zeroed::<unclip_generate_params>();
-        unclip_generate_params_init(&mut params);
-        params.rng = 1; // torch
-        params.seed = 11;
-        params.prior_steps = 2;
-        params.decoder_steps = 3;
-        params.super_res_steps = 2;
+        let params = torch_params(11, 3);
         let (status, normal) = generate_with_runtime(&rp, &params);
         assert_eq!(status, unclip_status::UNCLIP_OK);
         let (status, low) = generate_with_runtime(
@@ -295,5 +307,61 @@ fn abi4_low_memory_field_and_abi3_hosts() {
         assert_eq!((normal.0, low.0), (256, 256));
         assert_eq!(normal.1.len(), 256 * 256 * 3);
         assert!(low.1 == normal.1, "low_memory = 1 changed the image");
+    }
+}
+
+#[test]
+fn abi5_graph_cache_dir_and_abi4_hosts() {
+    unsafe {
+        let mut rp = std::mem::zeroed::<unclip_runtime_params>();
+        unclip_runtime_params_init(&mut rp);
+        assert!(rp.graph_cache_dir.is_null());
+        let dir = std::env::temp_dir().join(format!("unclip-capi-graphs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_c = CString::new(dir.to_str().unwrap()).unwrap();
+
+        // An ABI 4 host: its struct ends before graph_cache_dir, which is never read.
+        let old = unclip_runtime_params {
+            struct_size: RUNTIME_PARAMS_V4_SIZE,
+            graph_cache_dir: dir_c.as_ptr(),
+            ..rp
+        };
+        let params = torch_params(12, 2);
+        let (status, plain) = generate_with_runtime(&old, &params);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        assert!(!dir.exists(), "an ABI 4 struct_size read graph_cache_dir");
+
+        // ABI 5: the graphs are saved there, and the image is the same byte for byte.
+        let cached = unclip_runtime_params {
+            graph_cache_dir: dir_c.as_ptr(),
+            ..rp
+        };
+        for _ in 0..2 {
+            let (status, image) = generate_with_runtime(&cached, &params);
+            assert_eq!(status, unclip_status::UNCLIP_OK);
+            assert!(image == plain, "graph_cache_dir changed the image");
+        }
+        let graphs = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".onnx")
+            })
+            .count();
+        assert!(graphs >= 6, "{graphs} graphs saved");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Off the CPU device it is refused, naming the device's own cache.
+        let openvino = unclip_runtime_params {
+            device: 3,
+            graph_cache_dir: dir_c.as_ptr(),
+            ..rp
+        };
+        let (status, message) = create(&openvino);
+        assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT, "{message}");
+        assert!(message.contains("--openvino-cache-dir"), "{message}");
     }
 }

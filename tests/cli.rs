@@ -458,3 +458,47 @@ fn default_bundle_lookup_order() {
         "{line}"
     );
 }
+
+#[test]
+fn graph_cache_defaults_to_the_user_cache_on_cpu_and_none_turns_it_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["-q", "bench", "--model", &m, "--runs", "1", "--warmup", "0"];
+        args.extend(FAST);
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_unclip"))
+            .args(&args)
+            .env_remove("UNCLIP_MODEL")
+            .env("XDG_CACHE_HOME", tmp.path())
+            .output()
+            .expect("run unclip")
+    };
+    let graphs = tmp.path().join("unclip").join("graphs");
+    let result = bench(&[]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(report["graph_cache_dir"], graphs.display().to_string());
+    let saved = std::fs::read_dir(&graphs).unwrap().count();
+    assert!(saved >= 12, "{saved} files in {}", graphs.display());
+
+    std::fs::remove_dir_all(&graphs).unwrap();
+    let result = bench(&["--graph-cache-dir", "none"]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert!(report["graph_cache_dir"].is_null());
+    assert!(!graphs.exists());
+
+    let result = bench(&["--device", "openvino", "--graph-cache-dir", "/tmp/x"]);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("--openvino-cache-dir"), "{stderr}");
+}

@@ -2348,7 +2348,7 @@ fn e47_c_struct_size() {
         c_runtime_create(&params),
         unclip_status::UNCLIP_INVALID_ARGUMENT,
         &format!(
-            "invalid unclip_runtime_params: struct_size is {}, which is no ABI version's size of this struct ([{RUNTIME_PARAMS_V2_SIZE}, {RUNTIME_PARAMS_V3_SIZE}, {full}] or more): initialize it with its *_params_init()",
+            "invalid unclip_runtime_params: struct_size is {}, which is no ABI version's size of this struct ([{RUNTIME_PARAMS_V2_SIZE}, {RUNTIME_PARAMS_V3_SIZE}, {RUNTIME_PARAMS_V4_SIZE}, {full}] or more): initialize it with its *_params_init()",
             RUNTIME_PARAMS_V3_SIZE - 4
         ),
     );

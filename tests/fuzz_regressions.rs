@@ -103,10 +103,11 @@ fn npz_member_with_nested_brackets() {
 }
 
 /// `capi_params` input (0xA5: runtime parameters): its struct_size, the u32 at bytes 2..6 modulo
-/// `size_of + 64` as the harness takes it, ends inside a pointer field (`openvino_device` with
-/// the ABI 3 struct; `openvino_cache_dir` since ABI 4 made the struct 8 bytes longer). The
-/// library copied that many bytes, so the pointer was half the host's and half zeros: a SEGV in
-/// strlen under ASan. Now any size between two ABI versions' sizes is refused.
+/// `size_of + 64` as the harness takes it, ended inside a pointer field (`openvino_device` with
+/// the ABI 3 struct, `openvino_cache_dir` with ABI 4's 88 bytes). The library copied that many
+/// bytes, so the pointer was half the host's and half zeros: a SEGV in strlen under ASan. Now any
+/// size between two ABI versions' sizes is refused: the input's size as of ABI 4, and every other
+/// such size of today's struct (the modulo moves with each appended field).
 #[test]
 fn capi_runtime_params_struct_size_inside_a_pointer() {
     use std::ffi::CString;
@@ -117,24 +118,37 @@ fn capi_runtime_params_struct_size_inside_a_pointer() {
         (0xA5, 3),
         "the harness's arbitrary-size branch"
     );
+    let found = u32::from_le_bytes(bytes[2..6].try_into().unwrap()) as usize % (88 + 64);
+    assert_eq!(found, 68, "inside openvino_cache_dir (64..72)");
     let full = std::mem::size_of::<unclip_runtime_params>();
-    let size = u32::from_le_bytes(bytes[2..6].try_into().unwrap()) as usize % (full + 64);
-    assert!(
-        size > RUNTIME_PARAMS_V2_SIZE && size < full && size != RUNTIME_PARAMS_V3_SIZE,
-        "size {size}"
-    );
+    let abi_sizes = [
+        RUNTIME_PARAMS_V2_SIZE,
+        RUNTIME_PARAMS_V3_SIZE,
+        RUNTIME_PARAMS_V4_SIZE,
+        full,
+    ];
+    let torn: Vec<usize> = (RUNTIME_PARAMS_V2_SIZE..full)
+        .filter(|s| !abi_sizes.contains(s))
+        .collect();
+    assert!(torn.contains(&found));
     let plugin = CString::new("/nonexistent/plugin.so").unwrap();
-    let mut params = unclip_runtime_params::default();
-    unsafe { unclip_runtime_params_init(&mut params) };
-    params.openvino_plugin_path = plugin.as_ptr();
-    params.struct_size = size;
-    let mut runtime = std::ptr::null_mut();
-    let status = unsafe { unclip_runtime_create(&params, &mut runtime) };
-    assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
-    assert!(runtime.is_null());
-    let message = unsafe { std::ffi::CStr::from_ptr(unclip_last_error_message()) };
-    assert!(
-        message.to_str().unwrap().contains("no ABI version's size"),
-        "{message:?}"
-    );
+    for size in torn {
+        let mut params = unclip_runtime_params::default();
+        unsafe { unclip_runtime_params_init(&mut params) };
+        params.openvino_plugin_path = plugin.as_ptr();
+        params.struct_size = size;
+        let mut runtime = std::ptr::null_mut();
+        let status = unsafe { unclip_runtime_create(&params, &mut runtime) };
+        assert_eq!(
+            status,
+            unclip_status::UNCLIP_INVALID_ARGUMENT,
+            "size {size}"
+        );
+        assert!(runtime.is_null());
+        let message = unsafe { std::ffi::CStr::from_ptr(unclip_last_error_message()) };
+        assert!(
+            message.to_str().unwrap().contains("no ABI version's size"),
+            "size {size}: {message:?}"
+        );
+    }
 }

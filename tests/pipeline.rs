@@ -396,3 +396,78 @@ fn upsampler_batch_splits_calls_without_changing_the_images() {
         other => panic!("expected an invalid-argument error, got {other:?}"),
     }
 }
+
+#[test]
+fn graph_cache_saves_then_loads_optimized_graphs_with_the_same_image() {
+    let dir = std::env::temp_dir().join(format!("unclip-graph-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let image = |p: &Pipeline| {
+        let out = p
+            .generate(
+                &small("a red circle"),
+                &mut TorchGenerator::new(9),
+                &mut no_observer(),
+            )
+            .unwrap();
+        out.images[0].as_raw().clone()
+    };
+    let expected = image(pipeline());
+    let runtime = unclip::Runtime::builder()
+        .graph_cache_dir(&dir)
+        .build()
+        .unwrap();
+    assert_eq!(runtime.graph_cache_dir(), Some(dir.as_path()));
+    let graphs = || {
+        let mut files: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let modified = e.metadata().unwrap().modified().unwrap();
+                (e.file_name().to_string_lossy().into_owned(), modified)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    // first load: every model optimized and saved (graph + weights), nothing left staged
+    let first = Pipeline::load(&runtime, common::tiny_bundle()).unwrap();
+    assert_eq!(image(&first), expected);
+    let saved = graphs();
+    let bundle = unclip::bundle::Bundle::open(common::tiny_bundle()).unwrap();
+    for name in bundle.manifest.models.keys() {
+        let prefix = format!("{name}-");
+        let graph = saved
+            .iter()
+            .find(|(f, _)| f.starts_with(&prefix) && f.ends_with(".onnx"))
+            .unwrap_or_else(|| panic!("no saved graph for {name}: {saved:?}"));
+        assert!(saved.iter().any(|(f, _)| *f == format!("{}.data", graph.0)));
+    }
+    assert!(
+        saved.iter().all(|(f, _)| !f.starts_with(".staging")),
+        "{saved:?}"
+    );
+    // second load: read back, not rewritten, same pixels
+    let second = Pipeline::load(&runtime, common::tiny_bundle()).unwrap();
+    assert_eq!(image(&second), expected);
+    assert_eq!(graphs(), saved);
+    // a damaged entry is rebuilt, not an error
+    let (damaged, _) = saved.iter().find(|(f, _)| f.ends_with(".onnx")).unwrap();
+    std::fs::write(dir.join(damaged), b"not a graph").unwrap();
+    let third = Pipeline::load(&runtime, common::tiny_bundle()).unwrap();
+    assert_eq!(image(&third), expected);
+    assert!(std::fs::metadata(dir.join(damaged)).unwrap().len() > 100);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn graph_cache_is_refused_off_the_cpu_device() {
+    let err = unclip::Runtime::builder()
+        .device(unclip::Device::OpenVino {
+            target: "CPU".into(),
+        })
+        .graph_cache_dir(std::env::temp_dir())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert!(err.to_string().contains("--openvino-cache-dir"), "{err}");
+}

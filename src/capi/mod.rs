@@ -32,7 +32,7 @@ use crate::{Error, Pipeline, Runtime};
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -234,6 +234,9 @@ pub unsafe extern "C" fn unclip_runtime_create(
         if params.threads > 0 {
             builder = builder.threads(params.threads as usize);
         }
+        if let Some(dir) = opt_str(params.graph_cache_dir, "graph_cache_dir")? {
+            builder = builder.graph_cache_dir(dir);
+        }
         let runtime = builder.build()?;
         *out = Box::into_raw(Box::new(unclip_runtime { runtime }));
         Ok(())
@@ -356,6 +359,7 @@ impl HasStructSize for unclip_runtime_params {
     const ABI_SIZES: &'static [usize] = &[
         types::RUNTIME_PARAMS_V2_SIZE,
         types::RUNTIME_PARAMS_V3_SIZE,
+        types::RUNTIME_PARAMS_V4_SIZE,
         std::mem::size_of::<unclip_runtime_params>(),
     ];
     fn set_struct_size(&mut self, size: usize) {

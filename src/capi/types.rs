@@ -40,12 +40,17 @@ pub struct unclip_runtime_params {
     pub openvino_plugin_path: *const c_char,
     // ABI 4 (appended)
     pub low_memory: i32,
+    // ABI 5 (appended)
+    pub graph_cache_dir: *const c_char,
 }
 
 /// Size of `unclip_runtime_params` before ABI 3 (everything before `precision`).
 pub const RUNTIME_PARAMS_V2_SIZE: usize = std::mem::offset_of!(unclip_runtime_params, precision);
 /// Size of `unclip_runtime_params` in ABI 3 (everything before `low_memory`).
 pub const RUNTIME_PARAMS_V3_SIZE: usize = std::mem::offset_of!(unclip_runtime_params, low_memory);
+/// Size of `unclip_runtime_params` in ABI 4 (everything before `graph_cache_dir`).
+pub const RUNTIME_PARAMS_V4_SIZE: usize =
+    std::mem::offset_of!(unclip_runtime_params, graph_cache_dir);
 
 impl Default for unclip_runtime_params {
     fn default() -> Self {
@@ -63,6 +68,7 @@ impl Default for unclip_runtime_params {
             openvino_cache_dir: std::ptr::null(),
             openvino_plugin_path: std::ptr::null(),
             low_memory: 0,
+            graph_cache_dir: std::ptr::null(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! at Karlo size, median of 3 warm runs, within noise). This module knows nothing of diffusion.
 
 mod device;
+mod graph_cache;
 mod library;
 mod model;
 
@@ -59,6 +60,7 @@ pub struct Runtime {
     low_memory: bool,
     prepacking: bool,
     upsampler_batch: usize,
+    graph_cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -72,6 +74,7 @@ impl std::fmt::Debug for Runtime {
             .field("low_memory", &self.low_memory)
             .field("prepacking", &self.prepacking)
             .field("upsampler_batch", &self.upsampler_batch)
+            .field("graph_cache_dir", &self.graph_cache_dir)
             .finish()
     }
 }
@@ -89,6 +92,7 @@ pub struct RuntimeBuilder {
     low_memory: bool,
     prepacking: bool,
     upsampler_batch: Option<usize>,
+    graph_cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeBuilder {
@@ -104,6 +108,7 @@ impl Default for RuntimeBuilder {
             low_memory: false,
             prepacking: true,
             upsampler_batch: None,
+            graph_cache_dir: None,
         }
     }
 }
@@ -185,6 +190,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Keep ONNX Runtime's optimized graphs in `dir` (`--graph-cache-dir`; CPU device only,
+    /// default none): a model's first load optimizes it and saves the result there, later loads
+    /// read it back with optimization off. Keyed by the model's hashes, the ONNX Runtime build
+    /// and the CPU (the graph has this CPU's NCHWc layout). Costs the size of the weights on disk
+    /// again. OpenVINO and TensorRT have their own caches (`--openvino-cache-dir`,
+    /// `--trt-cache-dir`); with another device [`RuntimeBuilder::build`] refuses it.
+    pub fn graph_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.graph_cache_dir = Some(dir.into());
+        self
+    }
+
     /// Loads ONNX Runtime (once per process) and checks the device's providers are available.
     pub fn build(self) -> Result<Runtime> {
         let upsampler_batch = match self.upsampler_batch {
@@ -197,6 +213,17 @@ impl RuntimeBuilder {
             }
             Some(n) => n,
         };
+        if self.graph_cache_dir.is_some() && self.device != Device::Cpu {
+            return Err(Error::invalid(
+                "graph cache",
+                format!(
+                    "the optimized-graph cache is for --device cpu, not {}: OpenVINO caches its \
+                     compiled models with --openvino-cache-dir, TensorRT its engines with \
+                     --trt-cache-dir",
+                    self.device
+                ),
+            ));
+        }
         let mut loaded = LOADED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -268,6 +295,7 @@ impl RuntimeBuilder {
             low_memory: self.low_memory,
             prepacking: self.prepacking,
             upsampler_batch,
+            graph_cache_dir: self.graph_cache_dir,
         })
     }
 }
@@ -325,6 +353,11 @@ impl Runtime {
     /// The most images one super-resolution call takes ([`RuntimeBuilder::upsampler_batch`]).
     pub fn upsampler_batch(&self) -> usize {
         self.upsampler_batch
+    }
+
+    /// Where optimized graphs are kept ([`RuntimeBuilder::graph_cache_dir`]), if anywhere.
+    pub fn graph_cache_dir(&self) -> Option<&std::path::Path> {
+        self.graph_cache_dir.as_deref()
     }
 
     pub(crate) fn tensorrt(&self) -> &TensorRtOptions {

@@ -6,9 +6,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
-use ort::session::{builder::GraphOptimizationLevel, RunOptions, Session};
+use ort::session::{
+    builder::{GraphOptimizationLevel, SessionBuilder},
+    RunOptions, Session,
+};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use super::graph_cache::{self, CachedGraph};
 use super::{device, ort_error, Device, Runtime};
 use crate::bundle::{Dim, ModelEntry, TensorSpec};
 use crate::{Error, Result};
@@ -248,13 +252,14 @@ fn create_session(
                         .into(),
                 })?;
     }
-    let session = builder
-        .clone()
-        .commit_from_file(path)
-        .map_err(|e| Error::ModelLoad {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let session = match runtime.graph_cache_dir() {
+        Some(dir) if *runtime.device() == Device::Cpu => {
+            let cached =
+                CachedGraph::new(dir, name, entry, ort::info(), &graph_cache::cpu_identity());
+            commit_cached(builder, path, &cached)?
+        }
+        _ => commit(builder, path)?,
+    };
     check_signature(
         path,
         "input",
@@ -268,6 +273,77 @@ fn create_session(
         &entry.outputs,
     )?;
     Ok(session)
+}
+
+fn commit(mut builder: SessionBuilder, path: &Path) -> Result<Session> {
+    builder
+        .commit_from_file(path)
+        .map_err(|e| Error::ModelLoad {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Loads `path`'s optimized graph from the cache, or optimizes `path` and saves the graph there
+/// (graph_cache.rs). Only the model itself can fail the load: a cache entry that does not load
+/// is removed and rebuilt, a save that fails is a warning.
+fn commit_cached(builder: SessionBuilder, path: &Path, cached: &CachedGraph) -> Result<Session> {
+    if cached.exists() {
+        let loaded = builder
+            .clone()
+            .with_optimization_level(GraphOptimizationLevel::Disable)
+            .map_err(|e| e.to_string())
+            .and_then(|mut b| b.commit_from_file(&cached.path).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(session) => {
+                tracing::debug!(graph = %cached.path.display(), "loaded the optimized graph");
+                return Ok(session);
+            }
+            Err(e) => {
+                tracing::warn!(graph = %cached.path.display(), error = %e, "the cached optimized graph did not load: optimizing the model again");
+                cached.remove();
+            }
+        }
+    }
+    let staging = match cached.staging() {
+        Ok(staging) => staging,
+        Err(e) => {
+            tracing::warn!(graph = %cached.path.display(), error = %e, "cannot write the graph cache");
+            return commit(builder, path);
+        }
+    };
+    let target = staging.join(cached.path.file_name().unwrap_or_default());
+    let saving = || -> std::result::Result<Session, String> {
+        let mut saving = builder
+            .clone()
+            .with_optimized_model_path(&target)
+            .map_err(|e| e.to_string())?;
+        for (key, value) in cached.save_config() {
+            saving = saving
+                .with_config_entry(key, value)
+                .map_err(|e| e.to_string())?;
+        }
+        saving.commit_from_file(path).map_err(|e| e.to_string())
+    };
+    match saving() {
+        Ok(session) => {
+            match cached.publish(&staging) {
+                Ok(()) => {
+                    tracing::debug!(graph = %cached.path.display(), "saved the optimized graph")
+                }
+                Err(e) => {
+                    tracing::warn!(graph = %cached.path.display(), error = %e, "cannot write the graph cache");
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+            }
+            Ok(session)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            tracing::warn!(model = %path.display(), error = %e, "saving the optimized graph failed: loading without the cache");
+            commit(builder, path)
+        }
+    }
 }
 
 fn dtype_name(ty: &ValueType) -> String {

@@ -79,6 +79,12 @@ struct RuntimeArgs {
     /// ONNX Runtime, written by `scripts/setup-ort --openvino`).
     #[arg(long)]
     openvino_plugin: Option<PathBuf>,
+    /// CPU: ONNX Runtime's optimized graphs, saved at a model's first load so later loads skip
+    /// graph optimization (keyed by the model, ONNX Runtime and the CPU; as large as the
+    /// weights). Default: $XDG_CACHE_HOME/unclip/graphs or ~/.cache/unclip/graphs with
+    /// --device cpu; "none" disables it.
+    #[arg(long, value_name = "DIR")]
+    graph_cache_dir: Option<PathBuf>,
     /// Intra-op threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -333,16 +339,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
-    let device: Device = args.device.parse()?;
-    let precision: Precision = args.precision.parse()?;
-    let openvino_cache = match &args.openvino_cache_dir {
+/// A cache directory flag: the given one, none for "none", else `unclip/<name>` in
+/// $XDG_CACHE_HOME or ~/.cache.
+fn cache_dir(flag: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
+    match flag {
         Some(dir) if dir.as_os_str() == "none" => None,
         Some(dir) => Some(dir.clone()),
         None => std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|cache| cache.join("unclip").join("openvino")),
+            .map(|cache| cache.join("unclip").join(name)),
+    }
+}
+
+fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
+    let device: Device = args.device.parse()?;
+    let precision: Precision = args.precision.parse()?;
+    let openvino_cache = cache_dir(&args.openvino_cache_dir, "openvino");
+    // the graph cache is the CPU device's: by default only there, and refused elsewhere if asked
+    let graph_cache = match (&args.graph_cache_dir, &device) {
+        (None, Device::Cpu) | (Some(_), _) => cache_dir(&args.graph_cache_dir, "graphs"),
+        (None, _) => None,
     };
     let mut builder = Runtime::builder()
         .device(device)
@@ -361,6 +378,9 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
         .prepacking(!args.no_prepack);
     if let Some(images) = args.upsampler_batch {
         builder = builder.upsampler_batch(images);
+    }
+    if let Some(dir) = graph_cache {
+        builder = builder.graph_cache_dir(dir);
     }
     if let Some(lib) = &args.ort_lib {
         builder = builder.library(lib);
@@ -920,6 +940,7 @@ fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "spinning": pipeline.runtime().spinning(),
+        "graph_cache_dir": pipeline.runtime().graph_cache_dir(),
         "prepacking": pipeline.runtime().prepacking(),
         "runs": args.runs,
         "warmup": args.warmup,
