@@ -190,6 +190,8 @@ def main() -> None:
         ablations = [] if args.ablations == "none" else measure_ablations(args, parse_config(args.ablations), work)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
+    for row in [*results, *ablations]:  # a merged report can hold rows from several machines
+        row["cpu"] = cpu
     report = {"title": args.title or args.checkpoint.name, "prompt": PROMPT, "seed": SEED, "threads": args.threads,
               "runs": args.runs, "warmup": args.warmup, "cpu": cpu, "date": time.strftime("%Y-%m-%d"), "results": results,
               "ablations": ablations}
@@ -209,11 +211,13 @@ def main() -> None:
         report["ablations"] = [a for a in old.get("ablations", []) if a["change"] not in changed] + ablations
         today = time.strftime("%Y-%m-%d")
         with_reference = {r["config"] for r in results if r["mode"] == "diffusers fp32" and "unavailable" not in r}
-        fresh = {f"{c} {m} ({today}" + ("" if c in with_reference else ", diffusers fp32 not in that run: no pixel "
-                                        "difference") + ")" for c, m in measured}
+        elsewhere = "" if cpu == old["cpu"] else f", {cpu}"
+        fresh = {f"{c} {m} ({today}{elsewhere}" + ("" if c in with_reference else ", diffusers fp32 not in that run: "
+                                                   "no pixel difference") + ")" for c, m in measured}
         stale = [u for u in old.get("updated", []) if not any(u.startswith(f"{c} {m} (") for c, m in measured)]
         report["updated"] = sorted(set(stale) | fresh)
         report["date"] = old["date"]
+        report["cpu"] = old["cpu"]
         report["title"] = args.title or old["title"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -291,7 +295,9 @@ def markdown(report: dict) -> str:
         "after W untimed warmup runs in one process (R / W). Steps are prior/decoder/super-res × batch. Stage seconds are model time; "
         "`vs fp32` is diffusers fp32's warm total over the mode's; `outside ORT` is unclip's own share of "
         "wall time (tokenizer, schedulers, guidance, noise, images: everything but `Session::run`). Pixel differences are against "
-        "diffusers fp32's first image (uint8).",
+        "diffusers fp32's first image (uint8). `cold start` is a fresh `unclip generate` process: OpenVINO compiles "
+        "and the CPU device optimizes its graphs there (filling the run's own caches, as a first run on a machine "
+        "does; the warm process then loads from them).",
         *(["", f"Rows re-measured later (`--update`): {'; '.join(report['updated'])}."]
           if report.get("updated") else []),
         "",
@@ -334,6 +340,8 @@ def markdown(report: dict) -> str:
             "|---|---|---|",
         ]
         for a in report["ablations"]:
+            if a.get("cpu", report["cpu"]) != report["cpu"]:
+                a = {**a, "change": f"{a['change']}, on {a['cpu']}"}
             if "unavailable" in a:
                 lines.append(f"| {a['change']} | unavailable: {a['unavailable']} | |")
                 continue
