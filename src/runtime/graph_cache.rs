@@ -12,6 +12,7 @@
 //! session.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
@@ -67,7 +68,8 @@ impl CachedGraph {
         format!("{}.data", self.file_name())
     }
 
-    fn file_name(&self) -> String {
+    /// The graph's file name (`<model>-<key>.onnx`).
+    pub fn file_name(&self) -> String {
         self.path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -123,11 +125,15 @@ impl CachedGraph {
 }
 
 /// What the saved graph depends on in this CPU: its model name and feature flags (the first
-/// processor's, from `/proc/cpuinfo`; empty elsewhere, where the key then rests on the rest).
-pub(crate) fn cpu_identity() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| cpu_identity_from(&info))
-        .unwrap_or_default()
+/// processor's, from `/proc/cpuinfo`, read once per process; empty elsewhere, where the key then
+/// rests on the rest).
+pub(crate) fn cpu_identity() -> &'static str {
+    static IDENTITY: OnceLock<String> = OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|info| cpu_identity_from(&info))
+            .unwrap_or_default()
+    })
 }
 
 fn cpu_identity_from(info: &str) -> String {

@@ -252,13 +252,14 @@ fn create_session(
                         .into(),
                 })?;
     }
+    // RuntimeBuilder::build refuses a graph cache on any device but the CPU
     let session = match runtime.graph_cache_dir() {
-        Some(dir) if *runtime.device() == Device::Cpu => {
+        Some(dir) => {
             let cached =
-                CachedGraph::new(dir, name, entry, ort::info(), &graph_cache::cpu_identity());
+                CachedGraph::new(dir, name, entry, ort::info(), graph_cache::cpu_identity());
             commit_cached(builder, path, &cached)?
         }
-        _ => commit(builder, path)?,
+        None => commit(builder, path)?,
     };
     check_signature(
         path,
@@ -312,7 +313,7 @@ fn commit_cached(builder: SessionBuilder, path: &Path, cached: &CachedGraph) -> 
             return commit(builder, path);
         }
     };
-    let target = staging.join(cached.path.file_name().unwrap_or_default());
+    let target = staging.join(cached.file_name());
     let saving = || -> std::result::Result<Session, String> {
         let mut saving = builder
             .clone()
