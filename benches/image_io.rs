@@ -1,7 +1,7 @@
 //! Image post-processing cost at Karlo's sizes: the antialiased bicubic upsample before each
 //! super-resolution stage (decoder 64² → 256², batch 2; 256² → 1024², batch 1) and the final
 //! float → RGB8 conversion of a 1024² image. All of it is Rust's own overhead in the pipeline, so it
-//! counts against the 2 % budget of DESIGN.md §9.
+//! counts against the 2 % budget for unclip's own work (docs/architecture.md).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::Array4;

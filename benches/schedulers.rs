@@ -3,7 +3,7 @@
 //! variance noise; one DDIM step (η = 0.5, so with its noise) and one second-order DPM-Solver++
 //! step on a 3×64×64 sample, from Karlo's decoder config converted as `--scheduler` does. The
 //! scheduler is pure Rust overhead in the loop, so it counts against the 2 % budget of
-//! DESIGN.md §9.
+//! docs/architecture.md.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ndarray::{ArrayD, IxDyn};

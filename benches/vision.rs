@@ -2,7 +2,7 @@
 //! bicubic resize to 298 × 224 computed only inside the 224² crop, rescale, normalize), and
 //! decoding the same image from PNG and JPEG bytes. Both run once per source image of a
 //! variation request, outside ONNX Runtime, so they count against the 2 % overhead budget of
-//! DESIGN.md §9.
+//! docs/architecture.md.
 
 use std::hint::black_box;
 use std::io::Cursor;

@@ -46,9 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+# numpy and Pillow are imported where pixels are compared, so `--help` and `--render` run on the
+# standard library alone (export/tests).
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PROMPT = "a red circle on a blue background"
@@ -95,6 +94,8 @@ def diffusers_mode(args, config: dict, autocast: bool, work: Path) -> dict:
     cold, rss, _ = run_measured(base + ["--runs", "1", "--warmup", "0", "--save-image", str(image)])
     _, _, stdout = run_measured(base + ["--runs", str(args.runs), "--warmup", str(args.warmup)])
     warm = json.loads(stdout)
+    import numpy as np
+
     pixels = (np.load(image)[0] * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil
     return {"cold_seconds": cold, "peak_rss_mib": rss, "total": warm["total"]["median"],
             "stages": {k: v["median"] for k, v in warm["stages"].items()}, "pixels": pixels}
@@ -122,6 +123,9 @@ def unclip_mode(args, config: dict, device_flags: list[str], work: Path) -> dict
     warm = json.loads(stdout)
     first = image if config["batch"] == 1 else image.with_name(f"{image.stem}_0{image.suffix}")
     stages = {k: v["median"] for k, v in warm["seconds"].items() if k not in ("total", "load")}
+    import numpy as np
+    from PIL import Image
+
     return {"cold_seconds": cold, "peak_rss_mib": rss, "total": warm["seconds"]["total"]["median"],
             "stages": stages, "outside_ort_share": warm.get("outside_ort_share"),
             "precision": warm.get("precision"), "pixels": np.asarray(Image.open(first).convert("RGB"))}
@@ -150,6 +154,8 @@ def main() -> None:
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return
+    import numpy as np
+
     previous = args.out.with_suffix(".json")
     previous = json.loads(previous.read_text()) if previous.exists() else None
     old = previous if args.update else None

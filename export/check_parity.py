@@ -6,7 +6,7 @@ settings (not only the committed fixtures): runs both, compares every intermedia
         [--prior-guidance-scale F] [--decoder-guidance-scale F] [--unclip PATH]
 
 Prints one JSON line per tensor: max abs difference and the share of elements above the
-tolerance (1e-4 embeddings, 1e-3 images; DESIGN §9). Exit code 1 if a tolerance is broken
+tolerance (1e-4 embeddings, 1e-3 images; docs/architecture.md, "Parity"). Exit code 1 if a tolerance is broken
 (images: more than 0.1% of elements, see tests/common/mod.rs ILL_CONDITIONED_SHARE).
 """
 

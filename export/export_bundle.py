@@ -1,21 +1,24 @@
-"""Exports a Karlo-layout diffusers unCLIP checkpoint to an unclip ONNX bundle (DESIGN §3).
+"""Exports a Karlo-layout diffusers unCLIP checkpoint to an unclip ONNX bundle (docs/architecture.md,
+"Bundle format").
 
     python export/export_bundle.py CHECKPOINT_DIR OUT_DIR [--fp16] [--opset N]
                                    [--external-data auto|always|never] [--name NAME]
+                                   [--no-image-encoder] [--prior-guidance-scale F]
+                                   [--decoder-guidance-scale F]
 
 Every component becomes one ONNX file with a dynamic batch dimension (torch's legacy TorchScript
-exporter, which NOTES found to work for every unCLIP component). Each file is checked in ONNX
+exporter: the one that works for every unCLIP component). Each file is checked in ONNX
 Runtime against the torch module on random inputs at batch sizes other than the traced one; the
 export fails above 1e-4 (fp32) / 1e-2 (fp16) max abs difference. `bundle.json` records names,
 dtypes and shapes of every input and output, scheduler configs, defaults, constants and the
-sha256 of every file, so the Rust loader can validate a bundle before its first run.
+sha256 of every file, so the Rust loader can validate a bundle before its first run. The format
+itself (field order, version, the loader's checks) lives in `bundle_format.py`, which needs no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import os
 import shutil
@@ -28,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import register_text_proj  # noqa: E402
+import bundle_format  # noqa: E402
+from bundle_format import FORMAT_VERSION, sha256  # noqa: E402,F401  (FORMAT_VERSION: re-exported)
 
-FORMAT_VERSION = 1
 EXPORTER_VERSION = "0.1.0"
 TWO_GB = 2**31 - 1
 TRACE_BATCH = 2
@@ -121,14 +125,6 @@ class SuperRes(torch.nn.Module):
 
 
 # ---- export machinery --------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def constants_to_initializers(model) -> None:
@@ -298,7 +294,7 @@ class Exporter:
             if size > TWO_GB and self.external_data == "never":
                 raise SystemExit(f"{key}: {size} bytes exceeds protobuf's 2 GB limit; use --external-data auto")
             if external:
-                # torch writes a >2 GB model as hundreds of per-tensor files (NOTES); one file per model.
+                # torch writes a >2 GB model as hundreds of per-tensor files; one file per model.
                 onnx.save_model(
                     model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024,
@@ -549,25 +545,23 @@ def main() -> None:
     model_name = args.name or ckpt.resolve().name
     prior_steps, prior_gs = DEFAULTS["prior"][0], args.prior_guidance_scale
     decoder_steps, decoder_gs = DEFAULTS["decoder"][0], args.decoder_guidance_scale
-    manifest = {
-        "format": "unclip-bundle",
-        "format_version": FORMAT_VERSION,
-        "name": model_name,
-        "source": ckpt.resolve().name,
-        "exporter": {
+    manifest = bundle_format.manifest(
+        name=model_name,
+        source=ckpt.resolve().name,
+        exporter={
             "version": EXPORTER_VERSION, "opset": args.opset, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         },
-        "dtype": "float16" if args.fp16 else "float32",
-        "embedding_dim": dim,
-        "tokenizer": {
+        dtype="float16" if args.fp16 else "float32",
+        embedding_dim=dim,
+        tokenizer={
             "file": "tokenizer.json",
             "sha256": sha256(out / "tokenizer.json"),
             "max_length": max_length,
             "pad_token": str(tokenizer.pad_token),
             "pad_id": int(tokenizer.pad_token_id),
         },
-        "image_processor": {
+        image_processor={
             "shortest_edge": shortest,
             "crop_size": crop,
             "resample": "bicubic",
@@ -575,10 +569,10 @@ def main() -> None:
             "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
             "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
         },
-        "models": ex.models,
-        "text_encoder": {"model": "text_encoder"},
-        "image_encoder": {"model": "image_encoder"} if has_image_encoder else None,
-        "prior": {
+        models=ex.models,
+        text_encoder={"model": "text_encoder"},
+        image_encoder={"model": "image_encoder"} if has_image_encoder else None,
+        prior={
             "model": "prior",
             "scheduler": scheduler_config(ckpt, "prior_scheduler"),
             "default_steps": prior_steps,
@@ -586,7 +580,7 @@ def main() -> None:
             "clip_mean": clip_mean,
             "clip_std": clip_std,
         },
-        "decoder": {
+        decoder={
             "model": "decoder",
             "text_proj": "text_proj",
             "text_proj_cfg": "text_proj_cfg",
@@ -597,11 +591,9 @@ def main() -> None:
             "in_channels": din,
             "clip_extra_context_tokens": extra,
         },
-        "upsamplers": upsamplers,
-    }
-    if manifest["image_encoder"] is None:
-        del manifest["image_encoder"]
-    (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        upsamplers=upsamplers,
+    )
+    bundle_format.write(out, manifest)
     summary = {"bundle": str(out), "seconds": round(time.time() - started, 1), "models": ex.report}
     print(json.dumps(summary))
 

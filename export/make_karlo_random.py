@@ -1,6 +1,6 @@
 """Makes a random-weight unCLIP of exactly the real Karlo's size (kakaobrain/karlo-v1-alpha), in the
 Karlo layout, for benchmarks at true scale: it costs the FLOPs and memory of the real model with
-nothing downloaded (NOTES "The real Karlo": every configuration below comes from diffusers'
+nothing downloaded (every configuration below comes from diffusers'
 `scripts/convert_kakao_brain_unclip_to_diffusers.py`).
 
     python export/make_karlo_random.py OUT_DIR [--seed N] [--image-encoder] [--shrink K]

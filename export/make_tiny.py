@@ -47,7 +47,7 @@ def build(out: Path) -> None:
     torch.manual_seed(SEED)
 
     vocab, merges = clip_vocab()
-    # Karlo's tokenizer pads with "!" (id 0), not <|endoftext|> (NOTES: the real Karlo).
+    # Karlo's tokenizer pads with "!" (id 0), not <|endoftext|> (diffusers' Karlo conversion script).
     # transformers 5's CLIPTokenizer takes the vocabulary itself (`vocab=`, `merges=`); the old
     # `vocab_file=` keyword is silently ignored and leaves a 3-token vocabulary.
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)

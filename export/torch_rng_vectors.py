@@ -1,4 +1,5 @@
-"""Vectors of PyTorch's CPU generator for the bit-exact Rust port (../shared/TORCH_RNG.md).
+"""Vectors of PyTorch's CPU generator for the bit-exact Rust port (docs/architecture.md,
+"The torch-compatible RNG"; src/noise/torch.rs).
 
     python export/torch_rng_vectors.py [OUT_DIR]   # default tests/fixtures/rng
 

@@ -2,7 +2,7 @@
 
     python export/vision_reference.py [--out tests/fixtures/vision]
 
-The path mirrored (src/vision.rs): `diffusers.utils.load_image(path)` (EXIF transpose, then
+The path mirrored (src/vision/): `diffusers.utils.load_image(path)` (EXIF transpose, then
 `convert("RGB")`, which drops alpha) → `CLIPImageProcessorPil` configured by
 tests/fixtures/tiny-karlo/feature_extractor/preprocessor_config.json (resize shortest edge 224 with
 Pillow BICUBIC, center crop 224, rescale 1/255, normalize with CLIP's mean/std). The Pillow class is

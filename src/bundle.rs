@@ -1,4 +1,4 @@
-//! Model bundles: `bundle.json` and the files it names (DESIGN §3).
+//! Model bundles: `bundle.json` and the files it names (docs/architecture.md, "Bundle format").
 //!
 //! [`Bundle::open`] validates everything that can be checked without ONNX Runtime before the
 //! first run: the manifest parses, its format and version are known, every file path stays
@@ -267,6 +267,20 @@ impl Bundle {
                 m.embedding_dim
             )));
         }
+        // The stages make RGB images: the decoder's and every upsampler's samples have 3
+        // channels (`image_io::to_rgb8` converts exactly 3).
+        if m.decoder.in_channels != 3 {
+            return Err(invalid(format!(
+                "decoder in_channels is {}: unclip decodes RGB images (3 channels)",
+                m.decoder.in_channels
+            )));
+        }
+        if let Some(up) = m.upsamplers.iter().find(|up| up.in_channels != 3) {
+            return Err(invalid(format!(
+                "upsampler {} in_channels is {}: unclip upsamples RGB images (3 channels)",
+                up.name, up.in_channels
+            )));
+        }
         if m.tokenizer.max_length == 0 {
             return Err(invalid("tokenizer max_length is 0".into()));
         }
@@ -367,41 +381,4 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bundles tried, in order, when no bundle is named: the trained shapes model, then (until
-/// it is committed) the random-weight test bundle.
-pub const DEFAULT_BUNDLES: &[&str] = &["models/shapes", "models/tiny"];
-
-/// The bundle to use when the caller names none, in the documented order (README "Models"):
-/// `$UNCLIP_MODEL` if set; else, for each of [`DEFAULT_BUNDLES`], the copy next to the running
-/// executable, then the one under the current directory, then the one in the source tree this
-/// unclip was built from. A directory counts when it holds a `bundle.json`.
-pub fn default_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("UNCLIP_MODEL").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let roots: Vec<PathBuf> = exe_dir
-        .into_iter()
-        .chain([
-            PathBuf::from("."),
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-        ])
-        .collect();
-    let mut searched = Vec::new();
-    for name in DEFAULT_BUNDLES {
-        for root in &roots {
-            let dir = root.join(name);
-            if dir.join(MANIFEST).is_file() {
-                return Ok(dir);
-            }
-            searched.push(dir.display().to_string());
-        }
-    }
-    Err(Error::NoDefaultBundle {
-        searched: searched.join(", "),
-    })
 }

@@ -1,5 +1,7 @@
 //! The library's one error type. Every variant names what was wrong and, where there is one,
-//! the fix. Shells (CLI, C ABI, server) map variants to exit codes, statuses and HTTP codes.
+//! the fix. [`Error::kind`] is the one classification of errors (whose fault, which class); the
+//! shells map a kind to their codes: the CLI to exit codes, the server to HTTP statuses, the C
+//! ABI to `unclip_status`.
 
 use std::path::PathBuf;
 
@@ -112,9 +114,71 @@ pub enum Error {
     /// The caller cancelled the run through the progress callback.
     #[error("cancelled")]
     Cancelled,
+
+    // ---- bugs -----------------------------------------------------------------------------
+    /// An invariant of unclip's own code does not hold: a bug, never the caller's input.
+    #[error("internal error (a bug in unclip, please report it): {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an [`Error`] is: the one classification every shell maps to its own
+/// codes (docs/errors.md). Only [`ErrorKind::InvalidInput`] is the caller's to fix by changing
+/// the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A bad argument, prompt, image, tensor or device name in the request.
+    InvalidInput,
+    /// The caller stopped the run.
+    Cancelled,
+    /// ONNX Runtime or a bundle file is not there.
+    NotFound,
+    /// A bundle that breaks its format (manifest, checksum, model signature, unreadable model).
+    BundleInvalid,
+    /// The requested execution provider cannot run here.
+    ProviderUnavailable,
+    /// ONNX Runtime failed while running.
+    Runtime,
+    /// Reading or writing a file failed.
+    Io,
+    /// A bug in unclip.
+    Internal,
 }
 
 impl Error {
+    /// The kind of failure: what every shell's status is computed from.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument { .. }
+            | Error::Shape { .. }
+            | Error::NonFinite { .. }
+            | Error::UnknownDevice(_)
+            | Error::Tokenizer(_)
+            | Error::Image { .. }
+            | Error::RecordedNoise(_) => ErrorKind::InvalidInput,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::OrtNotFound { .. }
+            | Error::OrtLoad { .. }
+            | Error::BundleFileMissing { .. }
+            | Error::NoDefaultBundle { .. } => ErrorKind::NotFound,
+            Error::BundleInvalid { .. }
+            | Error::BundleVersion { .. }
+            | Error::BundlePathEscape { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::ModelSignature { .. }
+            | Error::ModelLoad { .. } => ErrorKind::BundleInvalid,
+            Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
+            Error::Ort { .. } => ErrorKind::Runtime,
+            Error::Io { .. } | Error::Npy { .. } => ErrorKind::Io,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Builds an [`Error::Internal`]: `what` names the invariant that broke.
+    pub fn internal(what: impl Into<String>) -> Self {
+        Error::Internal(what.into())
+    }
+
     /// Builds an [`Error::InvalidArgument`].
     pub fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
@@ -129,5 +193,25 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_errors_and_bugs_are_told_apart() {
+        assert_eq!(Error::invalid("steps", "0").kind(), ErrorKind::InvalidInput);
+        assert_eq!(Error::internal("x").kind(), ErrorKind::Internal);
+        assert_eq!(Error::Cancelled.kind(), ErrorKind::Cancelled);
+        let image = Error::Image {
+            path: "a.png".into(),
+            reason: "truncated".into(),
+        };
+        assert_eq!(image.kind(), ErrorKind::InvalidInput);
+        assert!(Error::internal("parts differ in shape")
+            .to_string()
+            .starts_with("internal error (a bug in unclip"));
     }
 }

@@ -1,4 +1,4 @@
-//! Exploring CLIP's latent space with a pipeline (DALL·E 2 §3, DESIGN §6): interpolations,
+//! Exploring CLIP's latent space with a pipeline (DALL·E 2 §3; docs/architecture.md): interpolations,
 //! text diffs, PCA probes and guidance sweeps. The math is in [`crate::latent`]; this module
 //! gets embeddings from images and prompts and decodes many embeddings with the decoder noise
 //! fixed across frames.
@@ -17,10 +17,15 @@ use image::{DynamicImage, RgbImage};
 use ndarray::{Array1, Array2, Array4, ArrayView2, Axis};
 
 use crate::latent::{self, Pca};
-use crate::noise::{noise_source, NoiseSource, SharedNoise};
-use crate::pipeline::{Generation, ResolvedSettings, TextToImage, MAX_BATCH};
+use crate::noise::{noise_source, NoiseSource};
+use crate::pipeline::{
+    Generation, Release, Reproduction, ResolvedSettings, Seed, TextToImage, MAX_BATCH,
+};
 use crate::schedulers::SchedulerKind;
 use crate::stages::Observer;
+
+/// The command name in the records of decoded embeddings; the shells write their own.
+const EXPLORE: &str = "explore";
 use crate::stages::Sampling;
 use crate::{Error, Pipeline, Result, RngKind};
 
@@ -52,7 +57,7 @@ pub struct ExploreSettings {
     pub batch: usize,
     /// Decode every frame from these latents `(1, 3, 64, 64)` instead of noise — the source's
     /// DDIM-inverted `x_T` ([`Pipeline::invert_images`]) for text diffs and PCA probes of an
-    /// image (DESIGN §6); the decoder then runs DDIM.
+    /// image (DALL·E 2 §3.1); the decoder then runs DDIM.
     pub decoder_latents: Option<Array4<f32>>,
 }
 
@@ -81,6 +86,8 @@ pub struct Exploration {
     pub images: Vec<RgbImage>,
     /// Settings of the decoder and upsamplers (for a sweep: of the last cell).
     pub settings: ResolvedSettings,
+    /// What reproduces each frame ([`Pipeline::reproduce`]; its PNG metadata).
+    pub records: Vec<Reproduction>,
     /// Wall time of the whole exploration.
     pub seconds: f64,
 }
@@ -118,6 +125,29 @@ pub fn decoder_input(image: &DynamicImage, size: usize) -> Array4<f32> {
 }
 
 impl Pipeline {
+    /// Image variations (DALL·E 2 §3.1; diffusers `UnCLIPImageVariationPipeline`): each image's
+    /// CLIP embedding is decoded `request.num_images_per_prompt` times, with the empty prompt
+    /// as text; CFG runs iff the decoder guidance scale is above 1. `request.prompts` and
+    /// `image_embeddings` are replaced.
+    pub fn vary(
+        &self,
+        images: &[image::DynamicImage],
+        request: &TextToImage,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+    ) -> Result<Generation> {
+        let encoder = self.image_encoder()?;
+        let release = Release(vec![encoder.model()]);
+        let embeddings = encoder.encode(images)?;
+        drop(release);
+        let mut variation = request.clone();
+        variation.prompts = vec![String::new(); images.len()];
+        variation.image_embeddings = Some(embeddings);
+        // No prior runs; scale 0 keeps the CFG decision to the decoder's scale, as diffusers.
+        variation.prior_guidance_scale = Some(0.0);
+        self.generate(&variation, noise, observer)
+    }
+
     /// Paper-faithful image variations (DALL·E 2 §3.1): each source is DDIM-inverted through the
     /// decoder, conditioned on its own CLIP embedding, to the `x_T` that DDIM maps back to it;
     /// then decoded from that `x_T` with DDIM at η = `request.eta` (0 reconstructs the source,
@@ -176,9 +206,8 @@ impl Pipeline {
         let decoded = match generation.intermediates.get("decoder_out") {
             Some(crate::pipeline::Tensor::F32(t)) => t.clone(),
             _ => {
-                return Err(Error::invalid(
-                    "decoder output",
-                    "the decoder output was not recorded",
+                return Err(Error::internal(
+                    "the decoder output was not recorded for the inversion",
                 ))
             }
         };
@@ -320,7 +349,7 @@ impl Pipeline {
         embeddings: ArrayView2<'_, f32>,
         settings: &ExploreSettings,
         observer: &mut Observer<'_>,
-    ) -> Result<(Vec<RgbImage>, ResolvedSettings)> {
+    ) -> Result<(Vec<RgbImage>, ResolvedSettings, Vec<Reproduction>)> {
         if embeddings.nrows() == 0 {
             return Err(Error::invalid("embeddings", "nothing to decode"));
         }
@@ -334,7 +363,13 @@ impl Pipeline {
             ));
         }
         let mut images = Vec::with_capacity(embeddings.nrows());
+        let mut records = Vec::with_capacity(embeddings.nrows());
         let mut resolved = None;
+        let seed = Seed {
+            rng: settings.rng,
+            seed: settings.seed,
+            shared: true,
+        };
         for chunk in embeddings.axis_chunks_iter(Axis(0), settings.batch) {
             let mut request = TextToImage {
                 prompts: vec![settings.decoder_prompt.clone(); chunk.nrows()],
@@ -349,13 +384,16 @@ impl Pipeline {
                 request.decoder_latents = Some(latents.clone());
                 request.decoder_scheduler = Some(SchedulerKind::Ddim);
             }
-            let mut noise = SharedNoise::new(noise_source(settings.rng, settings.seed));
-            let generation = self.generate(&request, &mut noise, observer)?;
+            let mut noise = seed.source();
+            let generation = self.generate(&request, noise.as_mut(), observer)?;
+            for row in 0..generation.images.len() {
+                records.push(generation.reproduction(EXPLORE, seed, row)?);
+            }
             images.extend(generation.images);
             resolved = Some(generation.settings);
         }
         let resolved = resolved.ok_or_else(|| Error::invalid("embeddings", "nothing to decode"))?;
-        Ok((images, resolved))
+        Ok((images, resolved, records))
     }
 
     /// Interpolation between two endpoints (§3.2): `frames` slerps from `a` to `b`, decoded
@@ -487,11 +525,14 @@ impl Pipeline {
         let mut images = Vec::with_capacity(cells);
         let mut rows = Vec::with_capacity(cells);
         let mut labels = Vec::with_capacity(cells);
+        let mut records = Vec::with_capacity(cells);
         let mut last = None;
         for &p in prior_scales {
             for &d in decoder_scales {
-                let mut noise: Box<dyn NoiseSource> = noise_source(settings.rng, settings.seed);
-                let generation = self.generate(&cell_request(p, d), noise.as_mut(), observer)?;
+                let seed = Seed::new(settings.rng, settings.seed);
+                let request = cell_request(p, d);
+                let generation = self.generate(&request, seed.source().as_mut(), observer)?;
+                records.push(generation.reproduction("sweep", seed, 0)?);
                 images.extend(generation.images);
                 rows.push(
                     generation
@@ -510,6 +551,7 @@ impl Pipeline {
             embeddings: latent::stack(&rows)?,
             images,
             settings,
+            records,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -523,13 +565,15 @@ impl Pipeline {
         observer: &mut Observer<'_>,
         started: Instant,
     ) -> Result<Exploration> {
-        let (images, resolved) = self.decode_embeddings(embeddings.view(), settings, observer)?;
+        let (images, resolved, records) =
+            self.decode_embeddings(embeddings.view(), settings, observer)?;
         Ok(Exploration {
             labels,
             values,
             embeddings,
             images,
             settings: resolved,
+            records,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -1,4 +1,4 @@
-//! Classifier-free guidance mixing (DESIGN §4).
+//! Classifier-free guidance mixing (diffusers `UnCLIPPipeline.__call__`; docs/architecture.md).
 //!
 //! CFG batches are `[uncond, cond]` along axis 0 — the order of diffusers'
 //! `UnCLIPPipeline._encode_prompt` (`torch.cat([negative_prompt_embeds, prompt_embeds])`); this

@@ -1,9 +1,11 @@
 //! unclip: an inference runtime for unCLIP (DALL·E 2) on ONNX Runtime.
 //!
 //! Every network runs in ONNX Runtime; Rust owns tokenization, schedulers, classifier-free
-//! guidance, noise and image processing. See `DESIGN.md` for the data flow.
+//! guidance, noise and image processing. docs/architecture.md has the data flow,
+//! the module map and the invariants.
 
 pub mod bundle;
+#[cfg(feature = "capi")]
 pub mod capi;
 pub mod error;
 pub mod explore;
@@ -15,15 +17,16 @@ pub mod npy;
 pub mod pipeline;
 pub mod runtime;
 pub mod schedulers;
+#[cfg(feature = "server")]
 pub mod server;
-pub mod sheet;
 pub mod stages;
+pub mod tensor;
 pub mod text;
 pub mod verify;
 pub mod vision;
 
 pub use bundle::Bundle;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use noise::{NoiseSource, RngKind};
 pub use pipeline::{DecoderCondition, Generation, Pipeline, TextToImage};
 pub use runtime::{Device, Runtime};

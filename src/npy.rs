@@ -6,7 +6,7 @@ use std::path::Path;
 use ndarray::{Array2, ArrayD};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
-use crate::pipeline::Tensor;
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 fn npy_error(action: &'static str, path: &Path, reason: impl ToString) -> Error {

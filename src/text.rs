@@ -11,7 +11,7 @@ use ndarray::{Array2, Array3};
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::bundle::Bundle;
-use crate::runtime::{Input, Model, Runtime};
+use crate::runtime::{BatchProfile, Input, Model, Runtime};
 use crate::{Error, Result};
 
 /// Token ids and attention mask of a batch of prompts, each `(batch, max_length)`.
@@ -122,8 +122,8 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Loads the bundle's tokenizer and text encoder.
-    pub fn load(runtime: &Runtime, bundle: &Bundle) -> Result<Self> {
+    /// Loads the bundle's tokenizer and text encoder, for calls of up to `profile.max` prompts.
+    pub fn load(runtime: &Runtime, bundle: &Bundle, profile: BatchProfile) -> Result<Self> {
         let m = &bundle.manifest;
         let tokenizer = ClipTokenizer::from_file(
             &bundle.resolve(&m.tokenizer.file)?,
@@ -133,7 +133,7 @@ impl TextEncoder {
         )?;
         let key = &m.text_encoder.model;
         let entry = bundle.model(key)?;
-        let model = Model::load(runtime, key, &bundle.resolve(&entry.file)?, entry)?;
+        let model = Model::load(runtime, key, &bundle.resolve(&entry.file)?, entry, profile)?;
         Ok(TextEncoder { tokenizer, model })
     }
 

@@ -86,6 +86,26 @@ fn wrong_format_and_bad_json() {
     );
 }
 
+/// The stages make RGB images: a bundle whose decoder or upsampler samples have another channel
+/// count is refused at load, naming the stage, before any model runs.
+#[test]
+fn non_rgb_channels_are_refused_at_load() {
+    let (_tmp, dir) = copy_bundle();
+    edit_manifest(&dir, |m| m["decoder"]["in_channels"] = 4.into());
+    let err = Bundle::open(&dir).unwrap_err();
+    assert!(
+        matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("decoder in_channels is 4")),
+        "{err}"
+    );
+    let (_tmp, dir) = copy_bundle();
+    edit_manifest(&dir, |m| m["upsamplers"][0]["in_channels"] = 1.into());
+    let err = Bundle::open(&dir).unwrap_err();
+    assert!(
+        matches!(&err, Error::BundleInvalid { reason, .. } if reason.contains("in_channels is 1")),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_onnx_file() {
     let (_tmp, dir) = copy_bundle();

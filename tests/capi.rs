@@ -57,8 +57,14 @@ fn header_compiles_as_c99_and_cpp17() {
 /// Names of `#[no_mangle]` functions in the C ABI sources.
 fn exported_functions() -> Vec<String> {
     let mut names = Vec::new();
-    for file in ["src/capi/mod.rs"] {
-        let text = std::fs::read_to_string(common::repo().join(file)).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(common::repo().join("src/capi"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
         let mut lines = text.lines().peekable();
         while let Some(line) = lines.next() {
             if line.trim() == "#[no_mangle]" {

@@ -1,4 +1,4 @@
-//! Text → image parity with diffusers' UnCLIPPipeline on the tiny bundle (DESIGN §9): for every
+//! Text → image parity with diffusers' UnCLIPPipeline on the tiny bundle (docs/architecture.md): for every
 //! reference case, every intermediate within the named tolerances, once with the recorded noise
 //! and once with the torch-compatible generator and the case's seed.
 

@@ -50,7 +50,7 @@ fn ids_and_masks_match_transformers_for_every_case() {
 
 #[test]
 fn known_clip_ids() {
-    // CLIP BPE ids of this prompt (NOTES), padded with "!" (id 0) as Karlo.
+    // CLIP BPE ids of this prompt (the real CLIP BPE vocabulary), padded with "!" (id 0) as Karlo.
     let tokens = tokenizer()
         .tokenize(&["a red circle on a blue background"])
         .unwrap();

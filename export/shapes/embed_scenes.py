@@ -1,5 +1,5 @@
 """Renders a fixed set of training scenes and embeds them with the trained CLIP image tower, once,
-for the prior and the decoder (NOTES: precompute CLIP embeddings of the dataset once).
+for the prior and the decoder (computed once, not at every training step).
 
     python export/shapes/embed_scenes.py [--clip-run export/shapes/runs/clip] [--n 60000]
                                          [--seed 1] [--threads N] [--out export/shapes/runs/scenes.pt]

@@ -75,6 +75,15 @@ ANGLES = np.arange(-world.MAX_ANGLE, world.MAX_ANGLE + 1e-6, 3.0)
 SMALL_LARGE_R = (world.SIZE_RANGE["small"][1] + world.SIZE_RANGE["large"][0]) / 2
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), for the report: figures are per machine."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "an unknown CPU"
+
+
 # ---- captions ----------------------------------------------------------------------------------
 
 def captions(seed: int = 0) -> list[dict]:
@@ -341,7 +350,8 @@ def report(results: list[dict], args, seconds: float) -> None:
              f"`python export/shapes/eval.py --images {args.images} --ablation-every {args.ablation_every}{extra}` "
              f"({len(captions()[:: args.every])} captions for the default configuration, every "
              f"{args.ablation_every}-th of them for the others; {args.images} pictures per caption, 64×64, "
-             f"{seconds / 60:.0f} min on this machine). Every picture comes from `unclip generate`; "
+             f"measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {seconds / 60:.0f} min). Every picture comes "
+             "from `unclip generate`; "
              "accuracies are the share of pictures (see the script's docstring for the measurer).", "",
              "| configuration | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for r in results:

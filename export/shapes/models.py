@@ -1,7 +1,7 @@
 """Builds the shapes unCLIP's networks from the JSON configs in `configs/`.
 
 Every network is a stock diffusers/transformers class with Karlo's structure and a small width
-(NOTES "The real Karlo"): CLIPTextModelWithProjection / CLIPVisionModelWithProjection,
+(diffusers' Karlo conversion script): CLIPTextModelWithProjection / CLIPVisionModelWithProjection,
 PriorTransformer, UnCLIPTextProjModel, UNet2DConditionModel (decoder, 6 output channels for the
 learned variance), UNet2DModel (super-resolution, no attention). The schedulers are Karlo's
 UnCLIPScheduler settings. Nothing here trains; the train_*.py scripts and assemble.py share it.

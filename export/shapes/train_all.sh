@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains every shapes component and assembles the checkpoint, in two lanes that run side by side
-# (one torch thread each by default: on this 2-core machine two 1-thread processes use the cores
+# (one torch thread each by default: on a 2-core machine two 1-thread processes used the cores
 # better than one 2-thread process — measured: CLIP 0.71 s/step with 2 threads alone, 1.0 s/step
 # with 1 thread beside an upsampler run):
 #   lane A: CLIP → embed_scenes → decoder (x₀ prediction from scratch)

@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 
+use super::params::versioned_copy;
 use super::*;
 
 /// `unclip_runtime_create`, `unclip_pipeline_load` on `models/tiny` and one short

@@ -124,7 +124,7 @@ pub(crate) fn stack(rows: &[Array1<f32>]) -> Result<Array2<f32>> {
     })
 }
 
-/// `slerp(a, b, θ)` on embedding *directions*, with the norm interpolated linearly (DESIGN §6):
+/// `slerp(a, b, θ)` on embedding *directions*, with the norm interpolated linearly (DALL·E 2 §3.2):
 /// `‖·‖ = (1−θ)‖a‖ + θ‖b‖`, direction = `sin((1−θ)Ω)/sin Ω · â + sin(θΩ)/sin Ω · b̂`, Ω the
 /// angle between â and b̂. Falls back to normalized lerp when the directions nearly coincide
 /// (sin Ω < 1e-6, where the slerp formula divides by ≈ 0); exactly antipodal directions rotate

@@ -1,7 +1,7 @@
 //! Single-precision `log` and `sincos` exactly as PyTorch's AVX2 `randn` computes them:
 //! the Cephes-style polynomials of `aten/src/ATen/native/cpu/avx_mathfun.h` (`log256_ps`,
 //! `sincos256_ps`), with the fused multiply-adds GCC's contraction put into PyTorch's build
-//! (`../shared/TORCH_RNG.md`). `f32::mul_add` is one IEEE rounding on every platform, so these
+//! (docs/architecture.md, "The torch-compatible RNG"). `f32::mul_add` is one IEEE rounding on every platform, so these
 //! give the same bits everywhere — which also makes them the math of the fast generator.
 //! Constants are written exactly as in avx_mathfun.h (their f32 rounding is part of the spec).
 #![allow(clippy::excessive_precision)]

@@ -1,4 +1,4 @@
-//! Noise sources (DESIGN §5). The pipeline never owns an RNG: every random tensor comes from a
+//! Noise sources (docs/architecture.md, "Noise"). The pipeline never owns an RNG: every random tensor comes from a
 //! [`NoiseSource`] the caller passes, drawn in diffusers' order.
 //!
 //! - [`TorchGenerator`]: bit-exact with PyTorch's CPU generator (`--rng torch`), so a seed gives

@@ -1,6 +1,6 @@
 //! [`SharedNoise`]: one noise draw for a whole batch, so every row of a batch sees the noise a
 //! batch of one would see. Interpolations, text diffs and PCA probes decode many embeddings with
-//! the decoder noise fixed across frames (DESIGN §6), in one batched call.
+//! the decoder noise fixed across frames (DALL·E 2 §3.2), in one batched call.
 
 use ndarray::{ArrayD, Axis};
 

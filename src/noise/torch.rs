@@ -1,5 +1,5 @@
 //! `torch.Generator("cpu").manual_seed(seed)` + `torch.randn(shape, dtype=float32)`, bit for bit
-//! (`../shared/TORCH_RNG.md`; PyTorch `aten/src/ATen/core/TransformationHelper.h`,
+//! (docs/architecture.md, "The torch-compatible RNG"; PyTorch `aten/src/ATen/core/TransformationHelper.h`,
 //! `native/cpu/DistributionTemplates.h` `normal_fill`/`normal_fill_16_AVX2`,
 //! `core/DistributionsHelper.h` `normal_distribution<double>`).
 

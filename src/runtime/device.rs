@@ -1,15 +1,16 @@
-//! Devices and their ONNX Runtime execution providers (DESIGN §7).
+//! Devices and precisions as the user names them (`cpu`, `cuda:N`, `tensorrt:N`,
+//! `openvino:GPU.1`; `f32`, `bf16`, `fp16`, `auto`), and the precision each device runs
+//! (docs/architecture.md, "Execution providers").
 //!
 //! A named provider that cannot be registered is an error, never a silent CPU fallback: ORT
-//! falls back quietly unless a provider is registered with `error_on_failure` (NOTES), and we
-//! check availability first so the error can say what to install.
+//! falls back quietly unless a provider is registered with `error_on_failure`, and we
+//! check availability first so the error can say what to install. The providers are set up in
+//! `tensorrt.rs` (CUDA and TensorRT) and `openvino.rs`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use ort::ep::{self, ExecutionProvider};
-
+use super::openvino::{openvino_device_type, OpenVinoDeviceType};
 use crate::{Error, Result};
 
 /// Where the networks run.
@@ -24,11 +25,71 @@ pub enum Device {
     TensorRt { device_id: i32 },
     /// Intel OpenVINO through ONNX Runtime's OpenVINO plugin execution provider (PyPI
     /// `onnxruntime-ep-openvino`). `target` is OpenVINO's device name, passed through: `CPU`
-    /// (the fast bf16 mode on AMX CPUs, NOTES), `GPU`, `GPU.1`, `NPU`.
+    /// (the fast bf16 mode on AMX CPUs), `GPU`, `GPU.1`, `NPU`.
     OpenVino { target: String },
 }
 
-/// Numeric precision of the networks (DESIGN §7). The bundle stays fp32; the provider lowers it.
+impl FromStr for Device {
+    type Err = Error;
+
+    /// `cpu`, `cuda`, `cuda:N`, `tensorrt`, `tensorrt:N` (also `trt`), `openvino` (= `openvino:CPU`),
+    /// `openvino:GPU`, `openvino:GPU.1`, `openvino:NPU`.
+    fn from_str(s: &str) -> Result<Self> {
+        let trimmed = s.trim();
+        if let Some((name, target)) = trimmed.split_once(':') {
+            if name.eq_ignore_ascii_case("openvino") {
+                let target = target.to_ascii_uppercase();
+                let (kind, index) = match target.split_once('.') {
+                    Some((kind, index)) => (kind, Some(index)),
+                    None => (target.as_str(), None),
+                };
+                let index_ok = index.is_none_or(|i| !i.is_empty() && i.parse::<u32>().is_ok());
+                return if matches!(kind, "CPU" | "GPU" | "NPU") && index_ok {
+                    Ok(Device::OpenVino { target })
+                } else {
+                    Err(Error::UnknownDevice(s.to_string()))
+                };
+            }
+        }
+        if trimmed.eq_ignore_ascii_case("openvino") {
+            return Ok(Device::OpenVino {
+                target: "CPU".into(),
+            });
+        }
+        let lower = trimmed.to_ascii_lowercase();
+        let (name, index) = match lower.split_once(':') {
+            Some((name, index)) => (name, Some(index)),
+            None => (lower.as_str(), None),
+        };
+        let device_id = match index {
+            None => 0,
+            Some(i) => i
+                .parse::<i32>()
+                .ok()
+                .filter(|i| *i >= 0)
+                .ok_or_else(|| Error::UnknownDevice(s.to_string()))?,
+        };
+        match name {
+            "cpu" if index.is_none() => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda { device_id }),
+            "tensorrt" | "trt" => Ok(Device::TensorRt { device_id }),
+            _ => Err(Error::UnknownDevice(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda { device_id } => write!(f, "cuda:{device_id}"),
+            Device::TensorRt { device_id } => write!(f, "tensorrt:{device_id}"),
+            Device::OpenVino { target } => write!(f, "openvino:{target}"),
+        }
+    }
+}
+
+/// Numeric precision of the networks (docs/architecture.md, "Execution providers"). The bundle stays fp32; the provider lowers it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// fp32 everywhere: the exact mode.
@@ -150,304 +211,6 @@ pub fn resolve_precision(
     }
 }
 
-/// OpenVINO settings (used with [`Device::OpenVino`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenVinoOptions {
-    /// The plugin library `libonnxruntime_providers_openvino_plugin.so` (default: searched,
-    /// see [`find_openvino_plugin`]).
-    pub plugin: Option<PathBuf>,
-    /// Directory where OpenVINO keeps compiled models, so a second load skips compilation
-    /// (~8 s per Karlo-size model, NOTES). `None`: no cache.
-    pub cache_dir: Option<PathBuf>,
-}
-
-/// ONNX Runtime's name of the OpenVINO plugin execution provider.
-pub const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
-
-#[cfg(target_os = "windows")]
-const OPENVINO_PLUGIN: &str = "onnxruntime_providers_openvino_plugin.dll";
-#[cfg(not(target_os = "windows"))]
-const OPENVINO_PLUGIN: &str = "libonnxruntime_providers_openvino_plugin.so";
-
-/// Finds the OpenVINO plugin: `UNCLIP_OPENVINO_PLUGIN`, then `openvino/` beside the loaded
-/// ONNX Runtime library (where `scripts/setup-ort --openvino` puts it), then an installed
-/// Python package `onnxruntime_ep_openvino` next to the Python `onnxruntime` we may have loaded.
-pub fn find_openvino_plugin(ort_library: &Path) -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("UNCLIP_OPENVINO_PLUGIN") {
-        candidates.push(PathBuf::from(path));
-    }
-    if let Some(dir) = ort_library.parent() {
-        candidates.push(dir.join("openvino").join(OPENVINO_PLUGIN));
-        // site-packages/onnxruntime/capi/libonnxruntime.so → site-packages/onnxruntime_ep_openvino/
-        if let Some(site) = dir.parent().and_then(Path::parent) {
-            candidates.push(site.join("onnxruntime_ep_openvino").join(OPENVINO_PLUGIN));
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| Error::ProviderUnavailable {
-            provider: OPENVINO_EP.into(),
-            reason: format!(
-                "its plugin library {OPENVINO_PLUGIN} was not found (searched: {})",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            fix: OPENVINO_FIX.into(),
-        })
-}
-
-pub(crate) const OPENVINO_FIX: &str =
-    "Install it with `scripts/setup-ort --openvino` (onnxruntime-ep-openvino \
-     1.8.1 from PyPI into ./.ort/openvino) or set UNCLIP_OPENVINO_PLUGIN to the plugin library";
-
-/// The kind of hardware an OpenVINO device name designates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenVinoDeviceType {
-    Cpu,
-    Gpu,
-    Npu,
-}
-
-/// `CPU` → Cpu, `GPU`/`GPU.1` → Gpu, `NPU` → Npu (names as OpenVINO spells them).
-pub fn openvino_device_type(target: &str) -> OpenVinoDeviceType {
-    match target.split('.').next().unwrap_or_default() {
-        "GPU" => OpenVinoDeviceType::Gpu,
-        "NPU" => OpenVinoDeviceType::Npu,
-        _ => OpenVinoDeviceType::Cpu,
-    }
-}
-
-/// The index in `GPU.1` (0 when absent).
-pub fn openvino_device_index(target: &str) -> usize {
-    target
-        .split_once('.')
-        .and_then(|(_, i)| i.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The plugin's session options (keys prefixed with the EP name, as `with_devices` wants).
-/// Precision goes through `load_config`: the plugin ignores its own `precision` option, and on
-/// AMX CPUs OpenVINO defaults to bf16, so f32 is always set explicitly (NOTES).
-pub fn openvino_session_options(
-    target: &str,
-    precision: Precision,
-    threads: usize,
-    cache_dir: Option<&Path>,
-) -> Vec<(String, String)> {
-    let mut config = serde_json::Map::new();
-    let hint = match precision {
-        Precision::Bf16 => "bf16",
-        Precision::Fp16 => "f16",
-        Precision::F32 | Precision::Auto => "f32",
-    };
-    config.insert("INFERENCE_PRECISION_HINT".into(), hint.into());
-    if openvino_device_type(target) == OpenVinoDeviceType::Cpu {
-        config.insert("INFERENCE_NUM_THREADS".into(), threads.to_string().into());
-    }
-    if let Some(dir) = cache_dir {
-        config.insert("CACHE_DIR".into(), dir.display().to_string().into());
-    }
-    let load_config = serde_json::json!({ target: config });
-    vec![(
-        format!("{OPENVINO_EP}.load_config"),
-        load_config.to_string(),
-    )]
-}
-
-impl FromStr for Device {
-    type Err = Error;
-
-    /// `cpu`, `cuda`, `cuda:N`, `tensorrt`, `tensorrt:N` (also `trt`), `openvino` (= `openvino:CPU`),
-    /// `openvino:GPU`, `openvino:GPU.1`, `openvino:NPU`.
-    fn from_str(s: &str) -> Result<Self> {
-        let trimmed = s.trim();
-        if let Some((name, target)) = trimmed.split_once(':') {
-            if name.eq_ignore_ascii_case("openvino") {
-                let target = target.to_ascii_uppercase();
-                let (kind, index) = match target.split_once('.') {
-                    Some((kind, index)) => (kind, Some(index)),
-                    None => (target.as_str(), None),
-                };
-                let index_ok = index.is_none_or(|i| !i.is_empty() && i.parse::<u32>().is_ok());
-                return if matches!(kind, "CPU" | "GPU" | "NPU") && index_ok {
-                    Ok(Device::OpenVino { target })
-                } else {
-                    Err(Error::UnknownDevice(s.to_string()))
-                };
-            }
-        }
-        if trimmed.eq_ignore_ascii_case("openvino") {
-            return Ok(Device::OpenVino {
-                target: "CPU".into(),
-            });
-        }
-        let lower = trimmed.to_ascii_lowercase();
-        let (name, index) = match lower.split_once(':') {
-            Some((name, index)) => (name, Some(index)),
-            None => (lower.as_str(), None),
-        };
-        let device_id = match index {
-            None => 0,
-            Some(i) => i
-                .parse::<i32>()
-                .ok()
-                .filter(|i| *i >= 0)
-                .ok_or_else(|| Error::UnknownDevice(s.to_string()))?,
-        };
-        match name {
-            "cpu" if index.is_none() => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda { device_id }),
-            "tensorrt" | "trt" => Ok(Device::TensorRt { device_id }),
-            _ => Err(Error::UnknownDevice(s.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda { device_id } => write!(f, "cuda:{device_id}"),
-            Device::TensorRt { device_id } => write!(f, "tensorrt:{device_id}"),
-            Device::OpenVino { target } => write!(f, "openvino:{target}"),
-        }
-    }
-}
-
-/// TensorRT settings (ignored by other devices).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TensorRtOptions {
-    /// Build fp16 engines.
-    pub fp16: bool,
-    /// Directory for engine and timing caches; engines are rebuilt on every load without it
-    /// (minutes for Karlo-size UNets).
-    pub cache_dir: Option<PathBuf>,
-    /// Builder workspace limit in bytes (TensorRT's default when `None`).
-    pub max_workspace_size: Option<usize>,
-}
-
-/// One execution provider with its options, as ONNX Runtime names them. Kept as plain data so
-/// the mapping from user settings is unit-tested without a GPU.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderConfig {
-    /// ONNX Runtime's provider name (`CUDAExecutionProvider`, …).
-    pub name: &'static str,
-    /// Provider options (key, value).
-    pub options: Vec<(String, String)>,
-}
-
-/// The providers to register for `device`, in priority order. Empty for CPU (ORT's default).
-/// `profile_shapes` are TensorRT optimization profiles (min, opt, max) for the model's inputs,
-/// in ORT's `name:1x3x64x64,name2:…` form.
-pub fn provider_configs(
-    device: &Device,
-    trt: &TensorRtOptions,
-    profile_shapes: Option<(String, String, String)>,
-) -> Vec<ProviderConfig> {
-    let cuda = |device_id: i32| ProviderConfig {
-        name: "CUDAExecutionProvider",
-        options: vec![("device_id".into(), device_id.to_string())],
-    };
-    match device {
-        // OpenVINO is a plugin EP: it goes through the device API (Model::load), not a dispatch.
-        Device::Cpu | Device::OpenVino { .. } => Vec::new(),
-        Device::Cuda { device_id } => vec![cuda(*device_id)],
-        Device::TensorRt { device_id } => {
-            let mut options = vec![
-                ("device_id".to_string(), device_id.to_string()),
-                ("trt_fp16_enable".into(), trt.fp16.to_string()),
-            ];
-            if let Some(dir) = &trt.cache_dir {
-                let dir = dir.display().to_string();
-                options.push(("trt_engine_cache_enable".into(), "true".into()));
-                options.push(("trt_engine_cache_path".into(), dir.clone()));
-                options.push(("trt_timing_cache_enable".into(), "true".into()));
-                options.push(("trt_timing_cache_path".into(), dir));
-            }
-            if let Some(bytes) = trt.max_workspace_size {
-                options.push(("trt_max_workspace_size".into(), bytes.to_string()));
-            }
-            if let Some((min, opt, max)) = profile_shapes {
-                options.push(("trt_profile_min_shapes".into(), min));
-                options.push(("trt_profile_opt_shapes".into(), opt));
-                options.push(("trt_profile_max_shapes".into(), max));
-            }
-            vec![
-                ProviderConfig {
-                    name: "TensorrtExecutionProvider",
-                    options,
-                },
-                // Nodes TensorRT rejects run on CUDA, not on the CPU.
-                cuda(*device_id),
-            ]
-        }
-    }
-}
-
-/// Checks that every provider `device` needs is compiled into the loaded ONNX Runtime.
-pub fn check_available(device: &Device) -> Result<()> {
-    let gpu_fix = "Install the GPU build (pip download onnxruntime-gpu==1.31.1: needs CUDA 13, cuDNN 9, \
-                   TensorRT 10 for tensorrt) and point ORT_DYLIB_PATH at its libonnxruntime.so; see README \
-                   \"Running on GPU\"";
-    let check = |name: &str, available: ort::Result<bool>| -> Result<()> {
-        match available {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::ProviderUnavailable {
-                provider: name.to_string(),
-                reason: "this ONNX Runtime library was built without it".into(),
-                fix: gpu_fix.into(),
-            }),
-            Err(e) => Err(Error::ProviderUnavailable {
-                provider: name.to_string(),
-                reason: e.to_string(),
-                fix: gpu_fix.into(),
-            }),
-        }
-    };
-    match device {
-        // OpenVINO is checked when its plugin is registered (Runtime::build).
-        Device::Cpu | Device::OpenVino { .. } => Ok(()),
-        Device::Cuda { .. } => check("CUDAExecutionProvider", ep::CUDA::is_available()),
-        Device::TensorRt { .. } => {
-            check("TensorrtExecutionProvider", ep::TensorRT::is_available())?;
-            check("CUDAExecutionProvider", ep::CUDA::is_available())
-        }
-    }
-}
-
-/// Turns provider configs into ort dispatches that fail loudly.
-pub fn dispatches(configs: &[ProviderConfig]) -> Vec<ep::ExecutionProviderDispatch> {
-    use ep::ArbitrarilyConfigurableExecutionProvider as _;
-    configs
-        .iter()
-        .map(|config| {
-            let dispatch = match config.name {
-                "TensorrtExecutionProvider" => {
-                    let mut trt = ep::TensorRT::default();
-                    for (k, v) in &config.options {
-                        trt = trt.with_arbitrary_config(k, v);
-                    }
-                    trt.build()
-                }
-                _ => {
-                    let mut cuda = ep::CUDA::default();
-                    for (k, v) in &config.options {
-                        cuda = cuda.with_arbitrary_config(k, v);
-                    }
-                    cuda.build()
-                }
-            };
-            dispatch.error_on_failure()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,53 +266,6 @@ mod tests {
     }
 
     #[test]
-    fn maps_tensorrt_options() {
-        let trt = TensorRtOptions {
-            fp16: true,
-            cache_dir: Some(PathBuf::from("/tmp/trt")),
-            max_workspace_size: Some(1 << 30),
-        };
-        let shapes = Some((
-            "a:1x3".to_string(),
-            "a:2x3".to_string(),
-            "a:8x3".to_string(),
-        ));
-        let configs = provider_configs(&Device::TensorRt { device_id: 1 }, &trt, shapes);
-        assert_eq!(configs.len(), 2);
-        assert_eq!(configs[0].name, "TensorrtExecutionProvider");
-        let get = |k: &str| {
-            configs[0]
-                .options
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("device_id"), Some("1"));
-        assert_eq!(get("trt_fp16_enable"), Some("true"));
-        assert_eq!(get("trt_engine_cache_path"), Some("/tmp/trt"));
-        assert_eq!(get("trt_timing_cache_enable"), Some("true"));
-        assert_eq!(get("trt_max_workspace_size"), Some("1073741824"));
-        assert_eq!(get("trt_profile_opt_shapes"), Some("a:2x3"));
-        assert_eq!(configs[1].name, "CUDAExecutionProvider");
-        assert_eq!(
-            configs[1].options,
-            vec![("device_id".to_string(), "1".to_string())]
-        );
-    }
-
-    #[test]
-    fn cpu_and_cuda_map_plainly() {
-        let none = TensorRtOptions::default();
-        assert!(provider_configs(&Device::Cpu, &none, None).is_empty());
-        let cuda = provider_configs(&Device::Cuda { device_id: 2 }, &none, None);
-        assert_eq!(cuda.len(), 1);
-        assert_eq!(
-            cuda[0].options,
-            vec![("device_id".to_string(), "2".to_string())]
-        );
-    }
-
-    #[test]
     fn precision_resolves_per_device() {
         let amx = CpuFeatures {
             amx_bf16: true,
@@ -593,28 +309,5 @@ mod tests {
         let old = CpuFeatures::from_cpuinfo("flags : fpu sse avx2 avx512f\n");
         assert!(!old.fast_bf16());
         assert!(!CpuFeatures::from_cpuinfo("").fast_bf16());
-    }
-
-    #[test]
-    fn openvino_options_set_precision_threads_and_cache() {
-        let options =
-            openvino_session_options("CPU", Precision::F32, 2, Some(Path::new("/tmp/ov cache")));
-        assert_eq!(options.len(), 1);
-        assert_eq!(options[0].0, "OpenVINOExecutionProvider.load_config");
-        let config: serde_json::Value = serde_json::from_str(&options[0].1).unwrap();
-        assert_eq!(
-            config,
-            serde_json::json!({"CPU": {"INFERENCE_PRECISION_HINT": "f32",
-                "INFERENCE_NUM_THREADS": "2", "CACHE_DIR": "/tmp/ov cache"}})
-        );
-        let gpu = openvino_session_options("GPU.1", Precision::Fp16, 2, None);
-        let config: serde_json::Value = serde_json::from_str(&gpu[0].1).unwrap();
-        assert_eq!(
-            config,
-            serde_json::json!({"GPU.1": {"INFERENCE_PRECISION_HINT": "f16"}})
-        );
-        assert_eq!(openvino_device_type("GPU.1"), OpenVinoDeviceType::Gpu);
-        assert_eq!(openvino_device_index("GPU.1"), 1);
-        assert_eq!(openvino_device_index("NPU"), 0);
     }
 }

@@ -1,10 +1,11 @@
 //! Finding and loading the ONNX Runtime shared library (`load-dynamic`).
 //!
 //! Search order: `ORT_DYLIB_PATH`; next to the executable (and its `lib/`); the project folder
-//! `.ort/` written by `scripts/setup-ort` (in the working directory and in the source checkout
-//! this crate was built from); an installed Python `onnxruntime` package. We load through
+//! `.ort/` written by `scripts/setup-ort`, in the working directory or above the executable (a
+//! binary under a checkout's `target/` finds the checkout's `.ort/`); an installed Python
+//! `onnxruntime` package. No path of the build machine is baked in. We load through
 //! `ort::init_from`, which reports a missing or incompatible library as an error — ort's
-//! `ORT_DYLIB_PATH` auto-loading panics instead (NOTES).
+//! `ORT_DYLIB_PATH` auto-loading panics instead.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +40,6 @@ pub fn search_dirs() -> Vec<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         dirs.push(cwd.join(".ort"));
     }
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort"));
     dirs.extend(python_package_dirs());
     dirs.dedup();
     dirs

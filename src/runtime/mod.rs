@@ -1,27 +1,27 @@
 //! ONNX Runtime: library loading, the process-wide environment, devices, model sessions.
 //!
 //! One ORT environment per process with a global intra-op thread pool, spinning off by default:
-//! per-session pools with spinning were measured 3.5× slower on this kind of machine (NOTES,
-//! DESIGN §7); spinning in the one global pool is `--spin` (docs/benchmarks.md has its rows: 0.4%
-//! at Karlo size, median of 3 warm runs, within noise). This module knows nothing of diffusion.
+//! per-session pools with spinning measured several times slower on a small pipeline, and
+//! spinning in the one global pool (`--spin`) was within noise at Karlo size (docs/benchmarks.md).
+//! This module knows nothing of diffusion.
 
 mod device;
 mod graph_cache;
 mod library;
 mod model;
+mod openvino;
+mod tensorrt;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 
-pub use device::{
-    check_available, find_openvino_plugin, openvino_session_options, provider_configs,
-    resolve_precision, CpuFeatures, Device, OpenVinoOptions, Precision, ProviderConfig,
-    TensorRtOptions, OPENVINO_EP,
-};
+pub use device::{resolve_precision, CpuFeatures, Device, Precision};
 pub use library::{find_library, search_dirs, ORT_VERSION};
-pub use model::{Input, Model};
+pub use model::{BatchProfile, Input, Model};
+pub use openvino::{find_openvino_plugin, openvino_session_options, OpenVinoOptions, OPENVINO_EP};
+pub use tensorrt::{check_available, provider_configs, ProviderConfig, TensorRtOptions};
 
 use crate::{Error, Result};
 
@@ -279,8 +279,13 @@ impl RuntimeBuilder {
         let precision = resolve_precision(&self.device, requested, CpuFeatures::detect())?;
         check_available(&self.device)?;
         if let Device::OpenVino { target } = &self.device {
-            register_openvino(state, self.openvino.plugin.as_deref())?;
-            openvino_devices(&state.environment, target)?;
+            openvino::register_openvino(
+                &state.environment,
+                &state.library,
+                &mut state.openvino_plugin,
+                self.openvino.plugin.as_deref(),
+            )?;
+            openvino::openvino_devices(&state.environment, target)?;
         }
         tracing::debug!(device = %self.device, %precision, "runtime ready");
         Ok(Runtime {
@@ -367,104 +372,6 @@ impl Runtime {
     pub(crate) fn openvino(&self) -> &OpenVinoOptions {
         &self.openvino
     }
-}
-
-/// Registers the OpenVINO plugin with the process's environment, once. A second runtime asking
-/// for another plugin file is refused (ONNX Runtime keeps one library per EP name).
-fn register_openvino(state: &mut Loaded, requested: Option<&std::path::Path>) -> Result<()> {
-    let plugin = match (requested, &state.openvino_plugin) {
-        (None, Some(_)) => return Ok(()),
-        (Some(path), _) => path.to_path_buf(),
-        (None, None) => find_openvino_plugin(&state.library)?,
-    };
-    if let Some(registered) = &state.openvino_plugin {
-        if registered != &plugin {
-            return Err(Error::ProviderUnavailable {
-                provider: OPENVINO_EP.into(),
-                reason: format!(
-                    "the plugin is already registered in this process from {}",
-                    registered.display()
-                ),
-                fix: "use one OpenVINO plugin per process".into(),
-            });
-        }
-        return Ok(());
-    }
-    if !plugin.is_file() {
-        return Err(Error::ProviderUnavailable {
-            provider: OPENVINO_EP.into(),
-            reason: format!("no plugin library at {}", plugin.display()),
-            fix: device::OPENVINO_FIX.into(),
-        });
-    }
-    state
-        .environment
-        .register_ep_library(OPENVINO_EP, &plugin)
-        .map_err(|e| Error::ProviderUnavailable {
-            provider: OPENVINO_EP.into(),
-            reason: format!("registering {} failed: {e}", plugin.display()),
-            fix: device::OPENVINO_FIX.into(),
-        })?;
-    tracing::info!(plugin = %plugin.display(), "registered the OpenVINO execution provider");
-    state.openvino_plugin = Some(plugin);
-    Ok(())
-}
-
-/// The plugin's devices for an OpenVINO device name (`CPU`, `GPU.1`, `NPU`), or an error listing
-/// what the plugin found.
-pub(crate) fn openvino_devices<'e>(
-    environment: &'e Environment,
-    target: &str,
-) -> Result<Vec<ort::device::Device<'e>>> {
-    use ort::memory::DeviceType;
-    let wanted = match device::openvino_device_type(target) {
-        device::OpenVinoDeviceType::Cpu => DeviceType::CPU,
-        device::OpenVinoDeviceType::Gpu => DeviceType::GPU,
-        device::OpenVinoDeviceType::Npu => DeviceType::NPU,
-    };
-    let mine: Vec<_> = environment
-        .devices()
-        .filter(|d| d.ep().is_ok_and(|ep| ep == OPENVINO_EP))
-        .collect();
-    let found: Vec<String> = mine
-        .iter()
-        .map(|d| format!("{:?}", d.hardware_device().ty()))
-        .collect();
-    let index = device::openvino_device_index(target);
-    let chosen = mine
-        .into_iter()
-        .filter(|d| d.hardware_device().ty() == wanted)
-        .nth(index);
-    if let Some(device) = chosen {
-        return Ok(vec![device]);
-    }
-    if found.is_empty() {
-        // The plugin offers only Intel hardware (its factory filters on the PCI vendor id).
-        let cpu_vendor = environment
-            .devices()
-            .map(|d| d.hardware_device())
-            .find(|h| h.ty() == DeviceType::CPU)
-            .and_then(|h| h.vendor().ok().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
-        return Err(Error::ProviderUnavailable {
-            provider: OPENVINO_EP.into(),
-            reason: format!(
-                "the plugin found no device on this machine: it serves Intel CPUs, GPUs and NPUs, \
-                 and this CPU's vendor is {cpu_vendor}"
-            ),
-            fix: "run the exact f32 mode on --device cpu here, or use an Intel machine (bf16 is \
-                  fast where the CPU has AMX)"
-                .into(),
-        });
-    }
-    Err(Error::ProviderUnavailable {
-        provider: OPENVINO_EP.into(),
-        reason: format!(
-            "no OpenVINO {target} device on this machine (the plugin found: {})",
-            found.join(", ")
-        ),
-        fix: "choose one it found, e.g. --device openvino:CPU".into(),
-    })
 }
 
 /// `1.31.1` from ORT's build info (`git-branch=rel-1.31.1, …`).

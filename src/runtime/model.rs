@@ -13,7 +13,7 @@ use ort::session::{
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::graph_cache::{self, CachedGraph};
-use super::{device, ort_error, Device, Runtime};
+use super::{openvino, ort_error, tensorrt, Device, Precision, Runtime};
 use crate::bundle::{Dim, ModelEntry, TensorSpec};
 use crate::{Error, Result};
 
@@ -23,7 +23,7 @@ pub enum Input<'a> {
     I64(ArrayViewD<'a, i64>),
 }
 
-/// A loaded model. `Session::run` needs `&mut` (NOTES), so the session sits behind a mutex:
+/// A loaded model. `Session::run` needs `&mut`, so the session sits behind a mutex:
 /// concurrent callers of one pipeline take turns per model call. In low-memory mode
 /// ([`Runtime::is_low_memory`]) the session is created by the first [`Model::run`] after a
 /// [`Model::release`] and dropped by the next release.
@@ -32,6 +32,7 @@ pub struct Model {
     path: PathBuf,
     runtime: Runtime,
     entry: ModelEntry,
+    profile: BatchProfile,
     session: Mutex<Option<Session>>,
     run_nanos: AtomicU64,
     runs: AtomicU64,
@@ -50,16 +51,23 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Creates the session for `path` and checks its inputs and outputs against `entry`. In
-    /// low-memory mode the session is then dropped until the model first runs.
-    pub fn load(runtime: &Runtime, name: &str, path: &Path, entry: &ModelEntry) -> Result<Model> {
-        let session = create_session(runtime, name, path, entry)?;
+    /// Creates the session for `path` and checks its inputs and outputs against `entry`; calls
+    /// will send batches as `profile` says. In low-memory mode the session is then dropped until
+    /// the model first runs.
+    pub fn load(
+        runtime: &Runtime,
+        name: &str,
+        path: &Path,
+        entry: &ModelEntry,
+        profile: BatchProfile,
+    ) -> Result<Model> {
+        let session = create_session(runtime, name, path, entry, profile)?;
         // ORT's CPU arena keeps a run's activations for the next run of the same session, so every
         // session holds its largest run's memory for the life of the pipeline: at Karlo size the
-        // two 256² super-res sessions ~1.4 GB each, most of the exact mode's peak above its
-        // weights. Shrinking after each run hands it back (measured on super_res_first at 256²:
-        // 4180 → 2938 MiB, 25.3 s per run either way; the next run re-grows it). Measured on
-        // the CPU device and OpenVINO's CPU; GPU sessions keep ORT's default.
+        // two 256² super-res sessions hold over a GB each, most of the exact mode's peak above
+        // its weights. Shrinking after each run hands it back at no measurable cost in time
+        // (the next run re-grows it; docs/benchmarks.md). Measured on the CPU device and
+        // OpenVINO's CPU; GPU sessions keep ORT's default.
         let run_options = match runtime.device() {
             Device::Cpu | Device::OpenVino { .. } => {
                 let mut options = RunOptions::new().map_err(ort_error("creating run options"))?;
@@ -75,6 +83,7 @@ impl Model {
             path: path.to_path_buf(),
             runtime: runtime.clone(),
             entry: entry.clone(),
+            profile,
             session: Mutex::new((!runtime.is_low_memory()).then_some(session)),
             run_nanos: AtomicU64::new(0),
             runs: AtomicU64::new(0),
@@ -174,6 +183,7 @@ impl Model {
                 &self.name,
                 &self.path,
                 &self.entry,
+                self.profile,
             )?),
         };
         let started = Instant::now();
@@ -208,13 +218,17 @@ fn create_session(
     name: &str,
     path: &Path,
     entry: &ModelEntry,
+    profile: BatchProfile,
 ) -> Result<Session> {
-    let tensorrt = device::TensorRtOptions {
-        fp16: runtime.precision() == device::Precision::Fp16,
+    let tensorrt = tensorrt::TensorRtOptions {
+        fp16: runtime.precision() == Precision::Fp16,
         ..runtime.tensorrt().clone()
     };
-    let providers =
-        device::provider_configs(runtime.device(), &tensorrt, trt_profiles(&entry.inputs));
+    let providers = tensorrt::provider_configs(
+        runtime.device(),
+        &tensorrt,
+        trt_profiles(&entry.inputs, profile),
+    );
     let context = format!("creating the session for {name}");
     let mut builder = Session::builder(runtime.environment())
         .map_err(ort_error(context.clone()))?
@@ -227,24 +241,10 @@ fn create_session(
             .map_err(ort_error(context.clone()))?;
     }
     if let Device::OpenVino { target } = runtime.device() {
-        // A plugin EP: the device API (SessionOptionsAppendExecutionProvider_V2), NOTES.
-        let options = device::openvino_session_options(
-            target,
-            runtime.precision(),
-            runtime.threads(),
-            runtime.openvino().cache_dir.as_deref(),
-        );
-        let devices = super::openvino_devices(runtime.environment(), target)?;
-        builder = builder.with_devices(devices, Some(&options)).map_err(|e| {
-            Error::ProviderUnavailable {
-                provider: device::OPENVINO_EP.into(),
-                reason: e.to_string(),
-                fix: device::OPENVINO_FIX.into(),
-            }
-        })?;
+        builder = openvino::append_to_session(builder, runtime, target)?;
     } else {
         builder = builder
-                .with_execution_providers(device::dispatches(&providers))
+                .with_execution_providers(tensorrt::dispatches(&providers))
                 .map_err(|e| Error::ProviderUnavailable {
                     provider: runtime.device().to_string(),
                     reason: e.to_string(),
@@ -315,8 +315,14 @@ fn commit_cached(builder: SessionBuilder, path: &Path, cached: &CachedGraph) -> 
     };
     let target = staging.join(cached.file_name());
     let saving = || -> std::result::Result<Session, String> {
+        // Saving a graph optimized past ORT_ENABLE_EXTENDED makes ONNX Runtime warn that it may
+        // only run on this kind of machine, once per model: expected here (the cache key holds
+        // the CPU), so this session logs errors only; its other messages stay at debug level in
+        // unclip's own log (UNCLIP_LOG=debug shows the cache's steps).
         let mut saving = builder
             .clone()
+            .with_log_level(ort::logging::LogLevel::Error)
+            .map_err(|e| e.to_string())?
             .with_optimized_model_path(&target)
             .map_err(|e| e.to_string())?;
         for (key, value) in cached.save_config() {
@@ -410,8 +416,32 @@ fn check_signature<'a>(
     Ok(())
 }
 
-/// TensorRT optimization profiles: symbolic dims at 1 (min), 2 (opt: one CFG pair) and 8 (max).
-fn trt_profiles(inputs: &[TensorSpec]) -> Option<(String, String, String)> {
+/// The sizes a model's symbolic (batch) dimension takes, for providers that build engines per
+/// shape (TensorRT's optimization profiles): calls send 1 to `max` rows, most often `opt`. The
+/// caller knows its batches (the runtime knows no diffusion); a call beyond `max` fails in
+/// TensorRT, so `max` must be the largest batch a call can send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchProfile {
+    /// The batch TensorRT tunes for.
+    pub opt: usize,
+    /// The largest batch a call sends.
+    pub max: usize,
+}
+
+impl BatchProfile {
+    /// Calls of 1 to `max` rows, tuned for `opt` (clamped into 1..=max).
+    pub fn new(opt: usize, max: usize) -> Self {
+        let max = max.max(1);
+        BatchProfile {
+            opt: opt.clamp(1, max),
+            max,
+        }
+    }
+}
+
+/// TensorRT optimization profiles (min, opt, max): every symbolic dim at 1, `profile.opt` and
+/// `profile.max`; `None` when every input is fixed.
+fn trt_profiles(inputs: &[TensorSpec], profile: BatchProfile) -> Option<(String, String, String)> {
     if inputs
         .iter()
         .all(|i| i.shape.iter().all(|d| matches!(d, Dim::Fixed(_))))
@@ -435,5 +465,48 @@ fn trt_profiles(inputs: &[TensorSpec]) -> Option<(String, String, String)> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    Some((render(1), render(2), render(8)))
+    Some((render(1), render(profile.opt), render(profile.max)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, shape: Vec<Dim>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype: "float32".into(),
+            shape,
+        }
+    }
+
+    #[test]
+    fn trt_profiles_reach_the_largest_batch_a_call_sends() {
+        let inputs = [
+            spec(
+                "sample",
+                vec![
+                    Dim::Symbolic("batch".into()),
+                    Dim::Fixed(3),
+                    Dim::Fixed(64),
+                    Dim::Fixed(64),
+                ],
+            ),
+            spec("timestep", vec![Dim::Symbolic("batch".into())]),
+        ];
+        // a CFG stage at 64 images per call: 128 rows
+        let (min, opt, max) = trt_profiles(&inputs, BatchProfile::new(2, 128)).unwrap();
+        assert_eq!(min, "sample:1x3x64x64,timestep:1");
+        assert_eq!(opt, "sample:2x3x64x64,timestep:2");
+        assert_eq!(max, "sample:128x3x64x64,timestep:128");
+    }
+
+    #[test]
+    fn trt_profiles_clamp_opt_and_skip_fixed_models() {
+        let inputs = [spec("x", vec![Dim::Symbolic("b".into()), Dim::Fixed(8)])];
+        let (_, opt, max) = trt_profiles(&inputs, BatchProfile::new(4, 1)).unwrap();
+        assert_eq!((opt.as_str(), max.as_str()), ("x:1x8", "x:1x8"));
+        let fixed = [spec("x", vec![Dim::Fixed(1), Dim::Fixed(8)])];
+        assert_eq!(trt_profiles(&fixed, BatchProfile::new(2, 128)), None);
+    }
 }

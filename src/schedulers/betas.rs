@@ -60,7 +60,7 @@ fn cosine_alpha_bar(t: f64) -> f64 {
 /// `torch.tensor(betas, dtype=torch.float32)`.
 ///
 /// `t1 = i / T` and `t2 = (i + 1) / T` are float divisions. Several Rust ports divide integers
-/// here, which makes every t1 zero and yields a wrong schedule (see NOTES.md).
+/// here, which makes every t1 zero and yields a wrong schedule (the test `integer_division_would_zero_t1` below).
 pub fn squaredcos_cap_v2_f64(num_train_timesteps: usize) -> Vec<f64> {
     let steps = num_train_timesteps as f64;
     (0..num_train_timesteps)

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub queue_depth: Gauge,
     pub jobs_cancelled: Counter,
+    /// Batches whose run panicked (a bug): their jobs got a 500, the worker went on.
+    pub worker_panics: Counter,
     pub batch_size: Histogram,
     pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
 }
@@ -47,6 +49,7 @@ impl Metrics {
         );
         let queue_depth = Gauge::default();
         let jobs_cancelled = Counter::default();
+        let worker_panics = Counter::default();
         let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
         let stage_seconds =
             Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -73,6 +76,11 @@ impl Metrics {
             jobs_cancelled.clone(),
         );
         registry.register(
+            "worker_panics",
+            "Batched runs that panicked (a bug in unclip); their requests got 500",
+            worker_panics.clone(),
+        );
+        registry.register(
             "batch_size",
             "Images per batched model run",
             batch_size.clone(),
@@ -88,6 +96,7 @@ impl Metrics {
             latency,
             queue_depth,
             jobs_cancelled,
+            worker_panics,
             batch_size,
             stage_seconds,
         }

@@ -94,6 +94,9 @@ pub(crate) struct AppState {
     pub waiting: Arc<AtomicUsize>,
     pub metrics: Arc<metrics::Metrics>,
     pub shutting_down: AtomicBool,
+    /// False once the worker thread has ended (it should not while the server runs): /healthz
+    /// then answers 503.
+    pub worker_alive: Arc<AtomicBool>,
     /// The measured cost model and the most images per run, when a memory budget is set.
     pub memory: Option<(memory::MemoryModel, usize)>,
     key_digest: Option<[u8; 32]>,
@@ -135,15 +138,22 @@ pub fn router(
     // out of the channel, so the channel's capacity alone would not bound the waiting jobs.
     let waiting = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel(config.max_queue.max(1) + config.max_batch.max(1));
+    let worker_alive = Arc::new(AtomicBool::new(true));
     {
         let pipeline = pipeline.clone();
         let metrics = metrics.clone();
         let waiting = waiting.clone();
-        let max_batch = config.max_batch.max(1);
-        let max_images = memory.map_or(usize::MAX, |(_, m)| m);
+        let limits = worker::BatchLimits {
+            jobs: config.max_batch.max(1),
+            images: memory.map_or(usize::MAX, |(_, m)| m),
+        };
+        let alive = AliveFlag(worker_alive.clone());
         std::thread::Builder::new()
             .name("unclip-worker".into())
-            .spawn(move || worker::run(pipeline, rx, max_batch, max_images, waiting, metrics))?;
+            .spawn(move || {
+                let _alive = alive;
+                worker::run(pipeline, rx, limits, waiting, metrics)
+            })?;
     }
     let key_digest = config
         .api_key
@@ -156,6 +166,7 @@ pub fn router(
         waiting,
         metrics,
         shutting_down: AtomicBool::new(false),
+        worker_alive,
         memory,
         key_digest,
     });
@@ -169,7 +180,7 @@ pub fn router(
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let router = Router::new()
         .merge(v1)
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::not_found() })
@@ -178,6 +189,28 @@ pub fn router(
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
     Ok((router, Arc::new(AppStateHandle { state })))
+}
+
+/// Cleared when the worker thread ends, however it ends (return or unwind).
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Liveness: 200 while the worker thread runs, 503 once it is gone (no request could be served).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.worker_alive.load(Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the generation worker has stopped",
+        )
+            .into_response()
+    }
 }
 
 /// Lets the caller drive shutdown (readiness flips to 503 and new work is refused).
@@ -375,4 +408,23 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     );
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /healthz reads this flag: a worker thread that dies, even by a panic outside a batch,
+    /// clears it.
+    #[test]
+    fn the_alive_flag_falls_when_the_worker_thread_dies() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = AliveFlag(alive.clone());
+        let worker = std::thread::spawn(move || {
+            let _alive = flag;
+            panic!("the worker died");
+        });
+        assert!(worker.join().is_err());
+        assert!(!alive.load(Ordering::SeqCst));
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::{Metrics, StageLabel};
 use crate::noise::{noise_source, BatchNoise, NoiseSource};
-use crate::pipeline::{TextToImage, MAX_BATCH};
-use crate::{Error, Pipeline, RngKind};
+use crate::pipeline::{Generation, Seed, TextToImage, MAX_BATCH};
+use crate::{Error, ErrorKind, Pipeline, RngKind};
 
 /// What must be equal for two jobs to share a run: every setting of `TextToImage` except the
 /// prompts and the image count, plus whether the prior runs.
@@ -37,17 +38,48 @@ pub struct Job {
     /// Set when the client went away or timed out: the job is dropped, or its run cancelled
     /// between steps when every job of the batch is cancelled.
     pub cancelled: Arc<AtomicBool>,
-    pub reply: oneshot::Sender<std::result::Result<Vec<RgbImage>, JobError>>,
+    pub reply: oneshot::Sender<std::result::Result<Vec<JobImage>, JobError>>,
+}
+
+/// One image of a job, with its PNG reproduction metadata.
+#[derive(Clone, Debug)]
+pub struct JobImage {
+    pub image: RgbImage,
+    pub metadata: Vec<(String, String)>,
 }
 
 /// Runs jobs until every sender is dropped.
 pub fn run(
     pipeline: Arc<Pipeline>,
-    mut rx: mpsc::Receiver<Job>,
-    max_batch: usize,
-    max_images: usize,
+    rx: mpsc::Receiver<Job>,
+    limits: BatchLimits,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+) {
+    let run_metrics = metrics.clone();
+    serve_jobs(rx, limits, &waiting, &metrics, |batch| {
+        run_batch(&pipeline, batch, &run_metrics)
+    });
+}
+
+/// The most a batch may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Jobs per run (`--max-batch`).
+    pub jobs: usize,
+    /// Images per run under a memory budget (else unbounded; never above [`MAX_BATCH`]).
+    pub images: usize,
+}
+
+/// The worker loop: takes jobs, groups compatible ones into batches and hands each batch to
+/// `execute`. A panic in `execute` (a bug) fails that batch alone: its jobs' reply channels are
+/// dropped, so their requests get a 500, and the loop goes on with the next job.
+fn serve_jobs(
+    mut rx: mpsc::Receiver<Job>,
+    limits: BatchLimits,
+    waiting: &AtomicUsize,
+    metrics: &Metrics,
+    mut execute: impl FnMut(Vec<Job>),
 ) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
@@ -64,7 +96,7 @@ pub fn run(
         // (fewer under a memory budget: max_images).
         let mut skipped = VecDeque::new();
         while let Some(job) = pending.pop_front() {
-            if fits(&batch, &job, images, max_batch, max_images) {
+            if fits(&batch, &job, images, limits) {
                 images += job.n;
                 batch.push(job);
             } else {
@@ -72,7 +104,7 @@ pub fn run(
             }
         }
         while let Ok(job) = rx.try_recv() {
-            if fits(&batch, &job, images, max_batch, max_images) {
+            if fits(&batch, &job, images, limits) {
                 images += job.n;
                 batch.push(job);
             } else {
@@ -85,13 +117,28 @@ pub fn run(
         metrics
             .queue_depth
             .set(waiting.load(Ordering::SeqCst) as i64);
-        run_batch(&pipeline, batch, &metrics);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| execute(batch))) {
+            metrics.worker_panics.inc();
+            tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "a generation panicked (a bug in unclip): its requests get 500, the worker goes on"
+            );
+        }
     }
 }
 
-fn fits(batch: &[Job], job: &Job, images: usize, max_batch: usize, max_images: usize) -> bool {
-    batch.len() < max_batch
-        && images + job.n <= MAX_BATCH.min(max_images)
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn fits(batch: &[Job], job: &Job, images: usize, limits: BatchLimits) -> bool {
+    batch.len() < limits.jobs
+        && images + job.n <= MAX_BATCH.min(limits.images)
         && job.key == batch[0].key
 }
 
@@ -171,9 +218,17 @@ fn run_batch(pipeline: &Pipeline, batch: Vec<Job>, metrics: &Metrics) {
                     })
                     .observe(timing.seconds);
             }
-            let mut images = generation.images.into_iter();
+            let mut row = 0;
             for job in batch {
-                let mine: Vec<RgbImage> = images.by_ref().take(job.n).collect();
+                let mut mine = Vec::with_capacity(job.n);
+                for index in 0..job.n {
+                    let metadata = job_metadata(&generation, &job, row, index);
+                    mine.push(JobImage {
+                        image: generation.images[row].clone(),
+                        metadata,
+                    });
+                    row += 1;
+                }
                 let _ = job.reply.send(Ok(mine));
             }
         }
@@ -185,6 +240,29 @@ fn run_batch(pipeline: &Pipeline, batch: Vec<Job>, metrics: &Metrics) {
             for job in batch {
                 let _ = job.reply.send(Err(error.clone()));
             }
+        }
+    }
+}
+
+/// The reproduction record of image `index` of `job`, which ran as `row` of a batch: the job as
+/// if it had run alone (each job keeps its own noise through [`BatchNoise`], so it makes the
+/// same images alone), `n` rows of its prompt.
+fn job_metadata(
+    generation: &Generation,
+    job: &Job,
+    row: usize,
+    index: usize,
+) -> Vec<(String, String)> {
+    match generation.reproduction("server", Seed::new(job.rng, job.seed), row) {
+        Ok(mut record) => {
+            record.batch_prompts = job.n;
+            record.num_images_per_prompt = 1;
+            record.image_index = index;
+            record.to_png_text()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no reproduction metadata for a served image");
+            Vec::new()
         }
     }
 }
@@ -201,15 +279,81 @@ pub enum JobError {
 }
 
 impl From<&Error> for JobError {
+    /// From [`Error::kind`], the classification every shell shares: the caller's input is a
+    /// 400, everything else (a bug, ONNX Runtime, a file) a 500.
     fn from(e: &Error) -> Self {
-        match e {
-            Error::Cancelled => JobError::Cancelled,
-            Error::InvalidArgument { .. }
-            | Error::Shape { .. }
-            | Error::NonFinite { .. }
-            | Error::Image { .. }
-            | Error::Tokenizer(_) => JobError::BadInput(e.to_string()),
-            other => JobError::Internal(other.to_string()),
+        match e.kind() {
+            ErrorKind::Cancelled => JobError::Cancelled,
+            ErrorKind::InvalidInput => JobError::BadInput(e.to_string()),
+            _ => JobError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(
+        prompt: &str,
+    ) -> (
+        Job,
+        oneshot::Receiver<std::result::Result<Vec<JobImage>, JobError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            key: BatchKey {
+                request: TextToImage::default(),
+                variation: false,
+            },
+            prompt: prompt.into(),
+            embedding: None,
+            n: 1,
+            seed: 0,
+            rng: RngKind::Fast,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            reply,
+        };
+        (job, answer)
+    }
+
+    /// A panicking batch fails its own jobs (their reply channel closes: a 500) and the next job
+    /// still runs.
+    #[test]
+    fn a_panicking_batch_does_not_stop_the_worker() {
+        let (tx, rx) = mpsc::channel(4);
+        let (first, first_answer) = job("panic");
+        let (second, second_answer) = job("fine");
+        let metrics = Metrics::new();
+        let waiting = AtomicUsize::new(2);
+        // one job per batch, so the panic hits the first job alone
+        let limits = BatchLimits {
+            jobs: 1,
+            images: usize::MAX,
+        };
+        tx.blocking_send(first).unwrap();
+        tx.blocking_send(second).unwrap();
+        drop(tx);
+        let mut batches = 0;
+        serve_jobs(rx, limits, &waiting, &metrics, |batch| {
+            batches += 1;
+            if batch[0].prompt == "panic" {
+                panic!("injected by the test");
+            }
+            for job in batch {
+                let _ = job.reply.send(Ok(vec![JobImage {
+                    image: RgbImage::new(1, 1),
+                    metadata: Vec::new(),
+                }]));
+            }
+        });
+        assert_eq!(batches, 2);
+        assert!(
+            first_answer.blocking_recv().is_err(),
+            "the panicked job's channel is closed"
+        );
+        assert_eq!(second_answer.blocking_recv().unwrap().unwrap().len(), 1);
+        assert_eq!(metrics.worker_panics.get(), 1);
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
     }
 }

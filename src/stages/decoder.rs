@@ -57,9 +57,9 @@ impl Decoder {
     pub(crate) fn load(models: &mut ModelCache<'_>, bundle: &Bundle) -> Result<Self> {
         let entry = &bundle.manifest.decoder;
         Ok(Decoder {
-            model: models.get(&entry.model)?,
-            text_proj: models.get(&entry.text_proj)?,
-            text_proj_cfg: models.get(&entry.text_proj_cfg)?,
+            model: models.get(&entry.model, super::cfg_profile())?,
+            text_proj: models.get(&entry.text_proj, super::image_profile())?,
+            text_proj_cfg: models.get(&entry.text_proj_cfg, super::cfg_profile())?,
             scheduler: super::parse_scheduler(bundle, "decoder", &entry.scheduler)?,
             sample_size: entry.sample_size,
             in_channels: entry.in_channels,
@@ -249,7 +249,7 @@ impl Decoder {
                 text.mask.view(),
             ],
         )
-        .map_err(|_| Error::invalid("text mask", "cannot pad the text mask"))?;
+        .map_err(|_| Error::internal("the text mask and the extra tokens' mask differ in rows"))?;
         Ok((hidden_states, additive, mask))
     }
 

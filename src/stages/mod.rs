@@ -2,7 +2,6 @@
 //! (text → image embedding), the decoder (image embedding → 64×64) and the upsamplers.
 
 pub mod decoder;
-pub mod image_encoder;
 pub mod prior;
 pub mod upsampler;
 
@@ -14,14 +13,29 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2, Array3};
 
 use crate::bundle::Bundle;
-use crate::runtime::{Model, Runtime};
+use crate::runtime::{BatchProfile, Model, Runtime};
 use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 
+pub use crate::vision::ImageEncoder;
 pub use decoder::{Decoder, DecoderOutput};
-pub use image_encoder::ImageEncoder;
 pub use prior::{Prior, PriorOutput};
 pub use upsampler::{Upsampler, UpsamplerOutput};
+
+/// Most images one call generates (prompts × images per prompt). Under classifier-free guidance
+/// a model call carries twice as many rows.
+pub const MAX_BATCH: usize = 64;
+
+/// Batches of a model that runs under classifier-free guidance: one `[uncond, cond]` pair at
+/// a time most often, [`MAX_BATCH`] pairs at most.
+pub(crate) fn cfg_profile() -> BatchProfile {
+    BatchProfile::new(2, 2 * MAX_BATCH)
+}
+
+/// Batches of a model that runs once per image: one most often, [`MAX_BATCH`] at most.
+pub(crate) fn image_profile() -> BatchProfile {
+    BatchProfile::new(1, MAX_BATCH)
+}
 
 /// Text conditioning as the prior and decoder take it: for CFG the rows are
 /// `[uncond; batch, cond; batch]` (see [`crate::guidance`]), else `cond; batch`.
@@ -115,7 +129,8 @@ impl<'a> ModelCache<'a> {
         self.runtime
     }
 
-    pub(crate) fn get(&mut self, key: &str) -> Result<Arc<Model>> {
+    /// The model under bundle key `key`, loaded for calls of up to `profile.max` rows.
+    pub(crate) fn get(&mut self, key: &str, profile: BatchProfile) -> Result<Arc<Model>> {
         if let Some(model) = self.loaded.get(key) {
             return Ok(model.clone());
         }
@@ -125,6 +140,7 @@ impl<'a> ModelCache<'a> {
             key,
             &self.bundle.resolve(&entry.file)?,
             entry,
+            profile,
         )?);
         self.loaded.insert(key.to_string(), model.clone());
         Ok(model)

@@ -43,7 +43,7 @@ impl Prior {
     pub(crate) fn load(models: &mut ModelCache<'_>, bundle: &Bundle) -> Result<Self> {
         let entry = &bundle.manifest.prior;
         Ok(Prior {
-            model: models.get(&entry.model)?,
+            model: models.get(&entry.model, super::cfg_profile())?,
             scheduler: super::parse_scheduler(bundle, "prior", &entry.scheduler)?,
             clip_mean: Array1::from(entry.clip_mean.clone()),
             clip_std: Array1::from(entry.clip_std.clone()),

@@ -11,7 +11,7 @@ use super::{report, timestep_batch, ModelCache, Observer, Sampling, Stage};
 use crate::bundle::{Bundle, UpsamplerEntry};
 use crate::image_io::resize_bicubic_antialias;
 use crate::noise::NoiseSource;
-use crate::runtime::{Input, Model};
+use crate::runtime::{BatchProfile, Input, Model};
 use crate::schedulers::SchedulerConfig;
 use crate::text::into_dim;
 use crate::{Error, Result};
@@ -50,14 +50,17 @@ impl Upsampler {
         entry: &UpsamplerEntry,
         bundle: &Bundle,
     ) -> Result<Self> {
+        // calls carry up to `upsampler_batch` images, no guidance
+        let call_batch = models.runtime().upsampler_batch();
+        let profile = BatchProfile::new(1, call_batch.min(super::MAX_BATCH));
         Ok(Upsampler {
             name: entry.name.clone(),
-            first: models.get(&entry.first)?,
-            last: models.get(&entry.last)?,
+            first: models.get(&entry.first, profile)?,
+            last: models.get(&entry.last, profile)?,
             scheduler: super::parse_scheduler(bundle, &entry.name, &entry.scheduler)?,
             sample_size: entry.sample_size,
             channels: entry.in_channels,
-            call_batch: models.runtime().upsampler_batch(),
+            call_batch,
             default_steps: entry.default_steps,
         })
     }
@@ -112,9 +115,8 @@ impl Upsampler {
             };
             let input =
                 concatenate(Axis(1), &[latents.view(), upsampled.view()]).map_err(|_| {
-                    Error::invalid(
-                        "super-res input",
-                        "latents and upsampled image differ in shape",
+                    Error::internal(
+                        "super-res input: the latents and the upsampled image differ in shape",
                     )
                 })?;
             let prediction = self.predict(model, input.view(), t)?;
@@ -154,7 +156,8 @@ impl Upsampler {
             return Ok(parts.pop().expect("one part"));
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        concatenate(Axis(0), &views)
-            .map_err(|_| Error::invalid("super-res prediction", "parts differ in shape"))
+        concatenate(Axis(0), &views).map_err(|_| {
+            Error::internal("super-res prediction: the split calls' parts differ in shape")
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! Shared test helpers: fixture paths, `.npy` loading, one `assert_close` with named
-//! tolerances (DESIGN §9), the runtime.
+//! tolerances (docs/architecture.md), the runtime.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, ArrayViewD};
 use ndarray_npy::ReadNpyExt;
 
-/// fp32 parity on embeddings and other pre-image tensors (DESIGN §9).
+/// fp32 parity on embeddings and other pre-image tensors (docs/architecture.md).
 pub const EMBEDDING_TOL: f32 = 1e-4;
-/// fp32 parity on image tensors in [−1, 1] (DESIGN §9).
+/// fp32 parity on image tensors in [−1, 1] (docs/architecture.md).
 pub const IMAGE_TOL: f32 = 1e-3;
 
 pub fn repo() -> PathBuf {

@@ -4,18 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::frames::{cell, Output};
+use crate::sheet::SheetLayout;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::json;
-use unclip::explore::{Endpoint, Exploration, ExploreSettings};
+use unclip::explore::{Endpoint, ExploreSettings};
 use unclip::latent::Pca;
 use unclip::pipeline::TextToImage;
 use unclip::schedulers::SchedulerKind;
-use unclip::sheet::{contact_sheet, save_gif, SheetLayout};
 use unclip::vision::{load_image, ImageLimits};
 use unclip::{npy, Pipeline, RngKind};
 
-use crate::{load, random_seed, Bars, RuntimeArgs};
+use crate::flags::{load, random_seed, RuntimeArgs};
+use crate::progress::Bars;
 
 /// Sampling and output options every exploration shares.
 #[derive(Args, Clone)]
@@ -243,149 +244,6 @@ fn settings(
     settings.decoder_prompt = common.decoder_prompt.clone();
     settings.batch = common.batch;
     settings
-}
-
-/// Where and how an exploration is written.
-struct Output<'a> {
-    out: &'a Path,
-    layout: SheetLayout,
-    gif_ms: Option<u32>,
-    json: bool,
-    quiet: bool,
-}
-
-impl Output<'_> {
-    /// Writes the files and reports them.
-    fn write(
-        self,
-        pipeline: &Pipeline,
-        exploration: &Exploration,
-        settings: &ExploreSettings,
-        meta: Vec<(String, String)>,
-    ) -> Result<()> {
-        let written = write(
-            pipeline,
-            exploration,
-            self.out,
-            self.layout,
-            self.gif_ms,
-            settings,
-            meta,
-        )?;
-        summarize(&written, exploration, settings.seed, self.json, self.quiet);
-        Ok(())
-    }
-}
-
-/// What a written exploration consists of.
-struct Written {
-    frames: Vec<PathBuf>,
-    sheet: PathBuf,
-    gif: Option<PathBuf>,
-}
-
-/// Writes frames, sheet, optional GIF and embeddings; `meta` goes into every PNG.
-fn write(
-    pipeline: &Pipeline,
-    exploration: &Exploration,
-    out: &Path,
-    layout: SheetLayout,
-    gif_ms: Option<u32>,
-    settings: &ExploreSettings,
-    mut meta: Vec<(String, String)>,
-) -> Result<Written> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let s = &exploration.settings;
-    meta.extend([
-        ("seed".to_string(), settings.seed.to_string()),
-        ("rng".into(), settings.rng.to_string()),
-        ("decoder_prompt".into(), settings.decoder_prompt.clone()),
-        ("decoder_steps".into(), s.decoder_steps.to_string()),
-        (
-            "super_res_steps".into(),
-            s.super_res_steps
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        (
-            "decoder_guidance_scale".into(),
-            s.decoder_guidance_scale.to_string(),
-        ),
-        ("model".into(), pipeline.bundle().manifest.name.clone()),
-        (
-            "model_sha256".into(),
-            pipeline.bundle().manifest_sha256.clone(),
-        ),
-        (
-            "unclip_version".into(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-    ]);
-    let mut frames = Vec::new();
-    for (i, (image, label)) in exploration
-        .images
-        .iter()
-        .zip(&exploration.labels)
-        .enumerate()
-    {
-        let path = out.join(format!("frame_{i:03}.png"));
-        let mut frame_meta = meta.clone();
-        frame_meta.push(("frame".into(), i.to_string()));
-        frame_meta.push(("label".into(), label.clone()));
-        unclip::image_io::save_png(&path, image, &frame_meta)
-            .with_context(|| format!("writing {}", path.display()))?;
-        frames.push(path);
-    }
-    let sheet_image = contact_sheet(&exploration.images, &layout)?;
-    let sheet = out.join("sheet.png");
-    let mut sheet_meta = meta;
-    sheet_meta.push(("labels".into(), serde_json::to_string(&exploration.labels)?));
-    unclip::image_io::save_png(&sheet, &sheet_image, &sheet_meta)
-        .with_context(|| format!("writing {}", sheet.display()))?;
-    let gif = match gif_ms {
-        Some(ms) => {
-            let path = out.join("animation.gif");
-            save_gif(&path, &exploration.images, ms)?;
-            Some(path)
-        }
-        None => None,
-    };
-    npy::write(
-        &out.join("embeddings.npy"),
-        &unclip::pipeline::Tensor::F32(exploration.embeddings.clone().into_dyn()),
-    )?;
-    Ok(Written { frames, sheet, gif })
-}
-
-fn cell(common: &ExploreArgs, pipeline: &Pipeline) -> u32 {
-    common
-        .cell
-        .unwrap_or_else(|| (pipeline.output_size() as u32).min(256))
-}
-
-fn summarize(written: &Written, exploration: &Exploration, seed: u64, json: bool, quiet: bool) {
-    if json {
-        println!(
-            "{}",
-            json!({
-                "frames": written.frames.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "labels": exploration.labels,
-                "sheet": written.sheet.display().to_string(),
-                "animation": written.gif.as_ref().map(|p| p.display().to_string()),
-                "seed": seed,
-                "seconds": exploration.seconds,
-            })
-        );
-    } else if !quiet {
-        eprintln!(
-            "wrote {} frames and {} (seed {seed}, {:.2} s)",
-            written.frames.len(),
-            written.sheet.display(),
-            exploration.seconds
-        );
-    }
 }
 
 pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {

@@ -1,6 +1,6 @@
 //! Contact sheets and animations: every multi-image result (interpolations, text diffs, PCA
 //! probes, guidance sweeps) comes out as one PNG grid with labels, plus the single frames
-//! (DESIGN §6), and interpolations also as an animated GIF.
+//! (docs/architecture.md, "Beyond text to image"), and interpolations also as an animated GIF.
 //!
 //! Labels are drawn with the public-domain 8×8 bitmap font of the `font8x8` crate (ASCII,
 //! Latin-1 and Greek, so θ labels work; other characters show as `?`), so no font file is needed at run time.
@@ -12,7 +12,7 @@ use image::codecs::gif::{GifEncoder, Repeat};
 use image::imageops::FilterType;
 use image::{Delay, Frame, Rgb, RgbImage, RgbaImage};
 
-use crate::{Error, Result};
+use unclip::{Error, Result};
 
 const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([20, 20, 20]);
@@ -236,7 +236,7 @@ pub fn save_gif(path: &Path, frames: &[RgbImage], delay_ms: u32) -> Result<()> {
                 .map_err(|e| image_error(e.to_string()))?;
         }
     }
-    crate::image_io::write_atomic(path, &bytes)
+    unclip::image_io::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 limit (a stack of 4096×4096 Linear layers), which takes the external-data path a Karlo-size network
 takes, in a minute instead of a Karlo export's half hour.
 
-    python export/export_memory.py OUT_DIR [--layers 36]
+    python export/experiments/export_memory.py OUT_DIR [--layers 36]
 
 36 layers are 2.25 GiB of fp32 weights. Measured on 2026-12-05 (AMD EPYC, torch 2.15, onnx 1.23):
 peak 8.92 GiB (3.96× the weights) when the exporter loaded the per-tensor files into the proto and
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # export/
 import export_bundle  # noqa: E402
 
 

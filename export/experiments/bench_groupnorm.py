@@ -1,8 +1,8 @@
 """GroupNorm in ONNX Runtime's CPU provider: torch's export (InstanceNormalization, whose CPU
 kernel runs on one thread) against two exports that ORT runs on every intra-op thread. Answers
-whether the exporter should rewrite GroupNorm (README "Performance on CPU at Karlo size").
+whether the exporter should rewrite GroupNorm (export/experiments/README.md: it should not).
 
-    python export/bench_groupnorm.py [--channels 320] [--size 256] [--threads 2] [--runs 12]
+    python export/experiments/bench_groupnorm.py [--channels 320] [--size 256] [--threads 2] [--runs 12]
 
 Each variant is timed alone (GroupNorm + SiLU, as every diffusers ResnetBlock2D has it) and
 inside a resnet-like block (3×3 conv → GroupNorm + SiLU → 3×3 conv, the same weights for every

@@ -1,15 +1,18 @@
 //! The CLIP image tower: images → CLIP image embeddings (for variations, interpolation and the
 //! other latent-space operations; diffusers `UnCLIPImageVariationPipeline._encode_image`).
+//!
+//! It lives with the preprocessing that feeds it, as the text encoder lives with the tokenizer in
+//! `crate::text`; the pipeline loads it with the other models through `crate::stages::ModelCache`.
 
 use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView4};
 
-use super::ModelCache;
+use super::clip_preprocess_batch;
 use crate::bundle::{Bundle, ImageProcessorEntry};
 use crate::runtime::{Input, Model};
+use crate::stages::{image_profile, ModelCache};
 use crate::text::into_dim;
-use crate::vision::clip_preprocess_batch;
 use crate::{Error, Result};
 
 /// The image encoder with its preprocessing constants.
@@ -25,7 +28,7 @@ impl ImageEncoder {
             return Ok(None);
         };
         Ok(Some(ImageEncoder {
-            model: models.get(&stage.model)?,
+            model: models.get(&stage.model, image_profile())?,
             processor: bundle.manifest.image_processor.clone(),
         }))
     }

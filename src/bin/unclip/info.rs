@@ -1,0 +1,106 @@
+//! `unclip info`: a bundle's stages, shapes and defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use unclip::bundle::{Bundle, Dim};
+
+#[allow(unused_imports)]
+use crate::{flags::*, output::*, progress::*};
+
+pub(crate) fn shape_string(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Symbolic(s) => s.clone(),
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
+    let dir = crate::models::bundle_dir(model.as_deref())?;
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let m = &bundle.manifest;
+    println!("bundle   {} ({})", m.name, dir.display());
+    println!(
+        "format   {} v{}, dtype {}, source {}",
+        m.format, m.format_version, m.dtype, m.source
+    );
+    println!("sha256   {}", bundle.manifest_sha256);
+    println!(
+        "tokenizer  max_length {}, pad {:?} (id {})",
+        m.tokenizer.max_length, m.tokenizer.pad_token, m.tokenizer.pad_id
+    );
+    println!("embedding_dim {}", m.embedding_dim);
+    let class = |s: &serde_json::Value| {
+        format!(
+            "{} variance={} prediction={}",
+            s.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?"),
+            s.get("variance_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+            s.get("prediction_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+        )
+    };
+    println!("stages:");
+    println!("  text_encoder  model {}", m.text_encoder.model);
+    if let Some(image) = &m.image_encoder {
+        println!("  image_encoder model {}", image.model);
+    }
+    println!(
+        "  prior         model {}, {} steps, guidance {}, scheduler {}",
+        m.prior.model,
+        m.prior.default_steps,
+        m.prior.default_guidance_scale,
+        class(&m.prior.scheduler)
+    );
+    println!(
+        "  decoder       model {} (+ {}, {}), {}x{}, {} steps, guidance {}, {} extra tokens, scheduler {}",
+        m.decoder.model,
+        m.decoder.text_proj,
+        m.decoder.text_proj_cfg,
+        m.decoder.sample_size,
+        m.decoder.sample_size,
+        m.decoder.default_steps,
+        m.decoder.default_guidance_scale,
+        m.decoder.clip_extra_context_tokens,
+        class(&m.decoder.scheduler)
+    );
+    for up in &m.upsamplers {
+        println!(
+            "  {:<13} models {} / {}, {}x{}, {} steps, scheduler {}",
+            up.name,
+            up.first,
+            up.last,
+            up.sample_size,
+            up.sample_size,
+            up.default_steps,
+            class(&up.scheduler)
+        );
+    }
+    println!("models:");
+    for (key, entry) in &m.models {
+        println!("  {key} ({})", entry.file);
+        for spec in &entry.inputs {
+            println!(
+                "    in  {:<28} {:<8} {}",
+                spec.name,
+                spec.dtype,
+                shape_string(&spec.shape)
+            );
+        }
+        for spec in &entry.outputs {
+            println!(
+                "    out {:<28} {:<8} {}",
+                spec.name,
+                spec.dtype,
+                shape_string(&spec.shape)
+            );
+        }
+    }
+    Ok(())
+}
