@@ -114,8 +114,11 @@ pub fn read_png_text_bytes(bytes: &[u8]) -> Result<Vec<(String, String)>> {
         path: "<memory>".into(),
         reason,
     };
-    let mut decoder = png::Decoder::new(Cursor::new(bytes));
-    decoder.set_ignore_text_chunk(false);
+    // A text chunk whose CRC does not match is an error, not skipped: the record must be whole.
+    let mut options = png::DecodeOptions::default();
+    options.set_skip_ancillary_crc_failures(false);
+    options.set_ignore_text_chunk(false);
+    let decoder = png::Decoder::new_with_options(Cursor::new(bytes), options);
     let mut reader = decoder
         .read_info()
         .map_err(|e| image_error(e.to_string()))?;
