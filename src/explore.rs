@@ -23,11 +23,11 @@ use crate::pipeline::{
 };
 use crate::schedulers::SchedulerKind;
 use crate::stages::Observer;
+use crate::stages::Sampling;
+use crate::{Error, Pipeline, Result, RngKind};
 
 /// The command name in the records of decoded embeddings; the shells write their own.
 const EXPLORE: &str = "explore";
-use crate::stages::Sampling;
-use crate::{Error, Pipeline, Result, RngKind};
 
 /// One end of an interpolation, or the subject of a text diff or PCA probe.
 #[derive(Debug, Clone)]

@@ -89,16 +89,25 @@ impl Verification {
         if let Some(path) = &self.cache_file {
             return Some(path.clone());
         }
-        let env = |key: &str| {
-            std::env::var_os(key)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = env("UNCLIP_CACHE_DIR")
-            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("unclip")))
-            .or_else(|| env("HOME").map(|d| d.join(".cache").join("unclip")))?;
+        let dir = env_dir("UNCLIP_CACHE_DIR").or_else(user_cache_dir)?;
         Some(dir.join("verified.json"))
     }
+}
+
+/// The user's unclip cache directory: `$XDG_CACHE_HOME/unclip`, else `~/.cache/unclip`; `None`
+/// when neither variable is set. The verification cache, and the CLI's graph and OpenVINO
+/// caches, live under it.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    env_dir("XDG_CACHE_HOME")
+        .map(|d| d.join("unclip"))
+        .or_else(|| env_dir("HOME").map(|d| d.join(".cache").join("unclip")))
+}
+
+/// A directory named by an environment variable (unset or empty: none).
+fn env_dir(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// What identifies a file's content without reading it.

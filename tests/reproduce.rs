@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::server::Server;
 use unclip::image_io::{read_png_text, read_png_text_bytes};
 use unclip::pipeline::{no_observer, Reproduction};
 use unclip::Pipeline;
@@ -16,6 +17,16 @@ fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
     PIPELINE.get_or_init(|| Pipeline::load(&common::runtime(), common::tiny_bundle()).unwrap())
 }
+
+/// Few steps, for speed: what the reproduced images are made with.
+const FEW_STEPS: &[&str] = &[
+    "--prior-steps",
+    "2",
+    "--decoder-steps",
+    "2",
+    "--sr-steps",
+    "2",
+];
 
 fn unclip(args: &[&str]) {
     common::run_ok(
@@ -78,24 +89,24 @@ fn generate_batches_are_remade_image_by_image() {
         assert!(record.image_embedding.is_none(), "the prior ran");
     }
     // a DDIM decoder with η and the fast generator
-    unclip(&[
-        "generate",
-        "a star",
-        "--seed",
-        "3",
-        "--prior-steps",
-        "2",
-        "--decoder-steps",
-        "2",
-        "--sr-steps",
-        "2",
-        "--decoder-scheduler",
-        "ddim",
-        "--eta",
-        "0.5",
-        "-o",
-        out,
-    ]);
+    unclip(
+        &[
+            &[
+                "generate",
+                "a star",
+                "--seed",
+                "3",
+                "--decoder-scheduler",
+                "ddim",
+                "--eta",
+                "0.5",
+                "-o",
+                out,
+            ][..],
+            FEW_STEPS,
+        ]
+        .concat(),
+    );
     let record = assert_reproduces(Path::new(out));
     assert_eq!(record.eta, 0.5);
 }
@@ -128,23 +139,23 @@ fn variations_and_interpolation_frames_are_remade() {
         );
     }
     let frames = dir.path().join("interpolation");
-    unclip(&[
-        "interpolate",
-        source.to_str().unwrap(),
-        "a green triangle",
-        "--frames",
-        "3",
-        "--seed",
-        "9",
-        "--prior-steps",
-        "2",
-        "--decoder-steps",
-        "2",
-        "--sr-steps",
-        "2",
-        "-o",
-        frames.to_str().unwrap(),
-    ]);
+    unclip(
+        &[
+            &[
+                "interpolate",
+                source.to_str().unwrap(),
+                "a green triangle",
+                "--frames",
+                "3",
+                "--seed",
+                "9",
+                "-o",
+                frames.to_str().unwrap(),
+            ][..],
+            FEW_STEPS,
+        ]
+        .concat(),
+    );
     for i in 0..3 {
         let record = assert_reproduces(&frames.join(format!("frame_{i:03}.png")));
         assert_eq!(record.command, "interpolate");
@@ -160,20 +171,13 @@ fn variations_and_interpolation_frames_are_remade() {
 fn a_record_for_another_bundle_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
-    unclip(&[
-        "generate",
-        "x",
-        "--seed",
-        "1",
-        "--prior-steps",
-        "2",
-        "--decoder-steps",
-        "2",
-        "--sr-steps",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    unclip(
+        &[
+            &["generate", "x", "--seed", "1", "-o", out.to_str().unwrap()][..],
+            FEW_STEPS,
+        ]
+        .concat(),
+    );
     let mut record = Reproduction::from_png_text(&read_png_text(&out).unwrap()).unwrap();
     record.model_sha256 = "0".repeat(64);
     match pipeline().reproduce(&record, &mut no_observer()) {
@@ -195,26 +199,8 @@ fn a_record_for_another_bundle_is_refused() {
 #[test]
 fn served_images_are_remade() {
     use base64::Engine;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_unclip"))
-        .args(["serve", "--port", "0", "--max-batch", "2", "--model"])
-        .arg(common::tiny_bundle())
-        .env_remove("UNCLIP_API_KEY")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let base = {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.find("http://")
-                    .map(|at| line[at..].split_whitespace().next().unwrap().to_string())
-            })
-            .expect("the server printed its address")
-    };
+    let server = Server::start(&["--max-batch", "2"]);
+    let base = server.base.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,8 +224,7 @@ fn served_images_are_remade() {
             b.unwrap().json().await.unwrap(),
         ]
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let mut checked = 0;
     for body in &bodies {
         for item in body["data"].as_array().expect("data") {

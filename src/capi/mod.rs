@@ -64,7 +64,7 @@ fn status_of(error: &Error) -> unclip_status {
         ErrorKind::ProviderUnavailable => unclip_status::UNCLIP_PROVIDER_UNAVAILABLE,
         ErrorKind::Runtime => unclip_status::UNCLIP_RUNTIME_ERROR,
         ErrorKind::Io => unclip_status::UNCLIP_IO_ERROR,
-        _ => unclip_status::UNCLIP_INTERNAL,
+        ErrorKind::Internal => unclip_status::UNCLIP_INTERNAL,
     }
 }
 

@@ -134,25 +134,19 @@ pub fn read_png_text_bytes(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     for chunk in &info.uncompressed_latin1_text {
         text.push((chunk.keyword.clone(), chunk.text.clone()));
     }
+    let decompressed = |keyword: &str, kind: &str, text: Result<String, png::DecodingError>| {
+        text.map(|value| (keyword.to_string(), value))
+            .map_err(|e| image_error(format!("{kind} {keyword:?}: {e}")))
+    };
     for chunk in &info.compressed_latin1_text {
         let mut chunk = chunk.clone();
-        chunk
-            .decompress_text()
-            .map_err(|e| image_error(format!("zTXt {:?}: {e}", chunk.keyword)))?;
-        let value = chunk
-            .get_text()
-            .map_err(|e| image_error(format!("zTXt {:?}: {e}", chunk.keyword)))?;
-        text.push((chunk.keyword.clone(), value));
+        let value = chunk.decompress_text().and_then(|()| chunk.get_text());
+        text.push(decompressed(&chunk.keyword, "zTXt", value)?);
     }
     for chunk in &info.utf8_text {
         let mut chunk = chunk.clone();
-        chunk
-            .decompress_text()
-            .map_err(|e| image_error(format!("iTXt {:?}: {e}", chunk.keyword)))?;
-        let value = chunk
-            .get_text()
-            .map_err(|e| image_error(format!("iTXt {:?}: {e}", chunk.keyword)))?;
-        text.push((chunk.keyword.clone(), value));
+        let value = chunk.decompress_text().and_then(|()| chunk.get_text());
+        text.push(decompressed(&chunk.keyword, "iTXt", value)?);
     }
     Ok(text)
 }

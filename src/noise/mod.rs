@@ -93,6 +93,19 @@ impl fmt::Display for RngKind {
     }
 }
 
+/// A seed for a run the caller gave none: different on every call (the clock through a randomly
+/// keyed hash). Record it with the images: it is what reproduces them.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
 /// A fresh generator of `kind` seeded with `seed`.
 pub fn noise_source(kind: RngKind, seed: u64) -> Box<dyn NoiseSource> {
     match kind {

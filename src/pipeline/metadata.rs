@@ -222,98 +222,63 @@ impl Reproduction {
     /// # Errors
     /// [`Error::InvalidArgument`] naming the first missing or unreadable key.
     pub fn from_png_text(pairs: &[(String, String)]) -> Result<Reproduction> {
-        let map: BTreeMap<&str, &str> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let text = |key: &'static str| -> Result<&str> {
-            map.get(key).copied().ok_or_else(|| {
-                Error::invalid(
-                    "reproduction metadata",
-                    format!(
-                        "the image has no {key:?} text chunk: it was not written by this unclip"
-                    ),
-                )
-            })
-        };
-        fn parse<T: FromStr>(key: &'static str, value: &str) -> Result<T> {
-            value.parse().map_err(|_| {
-                Error::invalid(
-                    "reproduction metadata",
-                    format!("{key} = {value:?} does not parse"),
-                )
-            })
-        }
-        let value = |key: &'static str| -> Result<&str> { text(key) };
-        let list = |key: &'static str| -> Result<Vec<f32>> {
-            value(key)?
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|v| parse::<f32>(key, v))
-                .collect()
-        };
-        let super_res_steps = value("super_res_steps")?
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|v| parse::<usize>("super_res_steps", v))
-            .collect::<Result<Vec<_>>>()?;
-        let image_embedding = match map.get("image_embedding") {
-            Some(_) => Some(Array1::from(list("image_embedding")?)),
+        let fields = Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        );
+        let image_embedding = match fields.optional("image_embedding") {
+            Some(_) => Some(Array1::from(fields.list("image_embedding", ',')?)),
             None => None,
         };
-        let decoder_latents = match map.get("decoder_latents_shape") {
+        let decoder_latents = match fields.optional("decoder_latents_shape") {
             Some(shape) => {
-                let dims = shape
-                    .split('x')
-                    .map(|d| parse::<usize>("decoder_latents_shape", d))
-                    .collect::<Result<Vec<_>>>()?;
+                let dims: Vec<usize> = fields.list("decoder_latents_shape", 'x')?;
                 let [c, h, w] = dims[..] else {
-                    return Err(Error::invalid(
-                        "reproduction metadata",
-                        format!("decoder_latents_shape {shape:?} is not CxHxW"),
-                    ));
+                    return Err(invalid(format!(
+                        "decoder_latents_shape {shape:?} is not CxHxW"
+                    )));
                 };
-                let values = list("decoder_latents")?;
-                Some(Array3::from_shape_vec((c, h, w), values).map_err(|e| {
-                    Error::invalid("reproduction metadata", format!("decoder_latents: {e}"))
-                })?)
+                let values = fields.list("decoder_latents", ',')?;
+                Some(
+                    Array3::from_shape_vec((c, h, w), values)
+                        .map_err(|e| invalid(format!("decoder_latents: {e}")))?,
+                )
             }
             None => None,
         };
         Ok(Reproduction {
-            command: value("command")?.to_string(),
-            prompt: value("prompt")?.to_string(),
-            negative_prompt: map.get("negative_prompt").map(|s| s.to_string()),
-            batch_prompts: parse("batch_prompts", value("batch_prompts")?)?,
-            num_images_per_prompt: parse("num_images_per_prompt", value("num_images_per_prompt")?)?,
-            image_index: parse("image_index", value("image_index")?)?,
+            command: fields.text("command")?.to_string(),
+            prompt: fields.text("prompt")?.to_string(),
+            negative_prompt: fields.optional("negative_prompt").map(str::to_string),
+            batch_prompts: fields.parse("batch_prompts")?,
+            num_images_per_prompt: fields.parse("num_images_per_prompt")?,
+            image_index: fields.parse("image_index")?,
             seed: Seed {
-                rng: value("rng")?.parse()?,
-                seed: parse("seed", value("seed")?)?,
-                shared: parse("shared_noise", value("shared_noise")?)?,
+                rng: fields.parse("rng")?,
+                seed: fields.parse("seed")?,
+                shared: fields.parse("shared_noise")?,
             },
-            prior_steps: parse("prior_steps", value("prior_steps")?)?,
-            prior_guidance_scale: parse("prior_guidance_scale", value("prior_guidance_scale")?)?,
-            prior_scheduler: value("prior_scheduler")?.parse()?,
-            decoder_steps: parse("decoder_steps", value("decoder_steps")?)?,
-            decoder_guidance_scale: parse(
-                "decoder_guidance_scale",
-                value("decoder_guidance_scale")?,
-            )?,
-            decoder_scheduler: value("decoder_scheduler")?.parse()?,
-            super_res_steps,
-            super_res_scheduler: map
-                .get("super_res_scheduler")
-                .map(|s| s.parse())
-                .transpose()?,
-            eta: parse("eta", value("eta")?)?,
-            decoder_condition: value("decoder_condition")?.parse()?,
-            output_size: parse("output_size", value("output_size")?)?,
+            prior_steps: fields.parse("prior_steps")?,
+            prior_guidance_scale: fields.parse("prior_guidance_scale")?,
+            prior_scheduler: fields.parse("prior_scheduler")?,
+            decoder_steps: fields.parse("decoder_steps")?,
+            decoder_guidance_scale: fields.parse("decoder_guidance_scale")?,
+            decoder_scheduler: fields.parse("decoder_scheduler")?,
+            super_res_steps: fields.list("super_res_steps", ',')?,
+            super_res_scheduler: match fields.optional("super_res_scheduler") {
+                Some(_) => Some(fields.parse("super_res_scheduler")?),
+                None => None,
+            },
+            eta: fields.parse("eta")?,
+            decoder_condition: fields.parse("decoder_condition")?,
+            output_size: fields.parse("output_size")?,
             image_embedding,
             decoder_latents,
-            model: value("model")?.to_string(),
-            model_sha256: value("model_sha256")?.to_string(),
-            unclip_version: value("unclip_version")?.to_string(),
+            model: fields.text("model")?.to_string(),
+            model_sha256: fields.text("model_sha256")?.to_string(),
+            unclip_version: fields.text("unclip_version")?.to_string(),
         })
     }
 
@@ -389,6 +354,52 @@ impl Pipeline {
                 )
             })
     }
+}
+
+/// A record's text chunks by keyword.
+struct Fields<'a>(BTreeMap<&'a str, &'a str>);
+
+impl<'a> Fields<'a> {
+    fn optional(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).copied()
+    }
+
+    fn text(&self, key: &str) -> Result<&'a str> {
+        self.optional(key).ok_or_else(|| {
+            invalid(format!(
+                "the image has no {key:?} text chunk: it was not written by this unclip"
+            ))
+        })
+    }
+
+    fn parse<T: FromStr>(&self, key: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.text(key)?;
+        value
+            .parse()
+            .map_err(|e| invalid(format!("{key} = {value:?} does not parse: {e}")))
+    }
+
+    /// A list in one chunk, items split at `separator` (empty: no items).
+    fn list<T: FromStr>(&self, key: &str, separator: char) -> Result<Vec<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.text(key)?
+            .split(separator)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse()
+                    .map_err(|e| invalid(format!("{key}: {item:?} does not parse: {e}")))
+            })
+            .collect()
+    }
+}
+
+fn invalid(reason: String) -> Error {
+    Error::invalid("reproduction metadata", reason)
 }
 
 fn join<T: ToString>(values: impl IntoIterator<Item = T>) -> String {

@@ -218,17 +218,20 @@ fn run_batch(pipeline: &Pipeline, batch: Vec<Job>, metrics: &Metrics) {
                     })
                     .observe(timing.seconds);
             }
-            let mut row = 0;
-            for job in batch {
-                let mut mine = Vec::with_capacity(job.n);
+            // each row's record first, then the images move out to their jobs
+            let mut metadata = Vec::with_capacity(generation.images.len());
+            for job in &batch {
                 for index in 0..job.n {
-                    let metadata = job_metadata(&generation, &job, row, index);
-                    mine.push(JobImage {
-                        image: generation.images[row].clone(),
-                        metadata,
-                    });
-                    row += 1;
+                    metadata.push(job_metadata(&generation, job, metadata.len(), index));
                 }
+            }
+            let mut images = generation.images.into_iter().zip(metadata);
+            for job in batch {
+                let mine = images
+                    .by_ref()
+                    .take(job.n)
+                    .map(|(image, metadata)| JobImage { image, metadata })
+                    .collect();
                 let _ = job.reply.send(Ok(mine));
             }
         }

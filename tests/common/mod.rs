@@ -2,6 +2,9 @@
 //! tolerances (docs/architecture.md), the runtime.
 #![allow(dead_code)]
 
+#[cfg(feature = "server")]
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD};

@@ -8,8 +8,7 @@ use clap::Args;
 use serde_json::json;
 use unclip::noise;
 
-#[allow(unused_imports)]
-use crate::{flags::*, output::*, progress::*};
+use crate::flags::{load, request, RuntimeArgs, SamplingArgs};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -49,12 +48,12 @@ pub(crate) fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let pipeline = load(&args.runtime)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let request = request(&args.sampling, false)?;
-    let seed = args.sampling.seed.unwrap_or(0);
+    let seed = args.sampling.noise.seed.unwrap_or(0);
     let mut per_stage: Vec<(String, Vec<f64>)> = Vec::new();
     let (mut wall, mut ort) = (0.0, 0.0);
     let mut settings = None;
     for run in 0..args.warmup + args.runs {
-        let mut noise = noise::noise_source(args.sampling.rng, seed);
+        let mut noise = noise::noise_source(args.sampling.noise.rng, seed);
         let generation =
             pipeline.generate(&request, noise.as_mut(), &mut |_| ControlFlow::Continue(()))?;
         if !quiet {
@@ -105,7 +104,7 @@ pub(crate) fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         "runs": args.runs,
         "warmup": args.warmup,
         "batch": request.prompts.len() * settings.num_images_per_prompt,
-        "rng": args.sampling.rng.to_string(),
+        "rng": args.sampling.noise.rng.to_string(),
         "steps": {
             "prior": if settings.ran_prior { settings.prior_steps } else { 0 },
             "decoder": settings.decoder_steps,

@@ -11,11 +11,10 @@ use clap::Args;
 use unclip::explore::{Endpoint, ExploreSettings};
 use unclip::latent::Pca;
 use unclip::pipeline::TextToImage;
-use unclip::schedulers::SchedulerKind;
 use unclip::vision::{load_image, ImageLimits};
-use unclip::{npy, Pipeline, RngKind};
+use unclip::{npy, Pipeline};
 
-use crate::flags::{load, random_seed, RuntimeArgs};
+use crate::flags::{load, DecodeArgs, NoiseArgs, PriorArgs, RuntimeArgs};
 use crate::progress::Bars;
 
 /// Sampling and output options every exploration shares.
@@ -23,41 +22,19 @@ use crate::progress::Bars;
 pub struct ExploreArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// Seed of the noise (default: random, printed and stored in the PNGs). The decoder noise is
-    /// the same in every frame.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Noise generator: torch (same images as diffusers) or fast.
-    #[arg(long, default_value = "fast")]
-    pub rng: RngKind,
-    /// Prior steps (for prompt inputs).
-    #[arg(long)]
-    pub prior_steps: Option<usize>,
-    #[arg(long)]
-    pub decoder_steps: Option<usize>,
-    /// Steps per upsampler, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub sr_steps: Vec<usize>,
-    #[arg(long)]
-    pub negative_prompt: Option<String>,
-    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
-    #[arg(long)]
-    pub prior_scheduler: Option<SchedulerKind>,
-    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++.
-    #[arg(long)]
-    pub decoder_scheduler: Option<SchedulerKind>,
-    /// Super-resolution scheduler: unclip (the bundle's), ddim or dpm++.
-    #[arg(long)]
-    pub sr_scheduler: Option<SchedulerKind>,
-    /// DDIM's η for the stages that run ddim.
-    #[arg(long)]
-    pub eta: Option<f32>,
+    /// The noise; the decoder noise is the same in every frame.
+    #[command(flatten)]
+    pub noise: NoiseArgs,
+    /// The prior, for prompt endpoints.
+    #[command(flatten)]
+    pub prior: PriorArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// The caption the decoder sees in every frame (default: none, as image variations).
     #[arg(long, default_value = "")]
     pub decoder_prompt: String,
     /// Frames decoded per batch (the images do not depend on it). On CPU a larger batch saves
-    /// little time (8 frames on models/tiny: 23.1 s at 1, 21.1 s at 4) and costs memory
-    /// (peak RSS 0.6 GB at 1, 2.2 GB at 4), so the default is 1.
+    /// little time and costs memory in proportion, so the default is 1.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Side of a contact-sheet cell in pixels (default: the image size, at most 256).
@@ -227,20 +204,12 @@ fn settings(
     prior_guidance_scale: Option<f32>,
     decoder_guidance_scale: Option<f32>,
 ) -> ExploreSettings {
-    let mut settings = ExploreSettings::new(common.rng, common.seed.unwrap_or_else(random_seed));
-    settings.request = TextToImage {
-        prior_steps: common.prior_steps,
-        decoder_steps: common.decoder_steps,
-        super_res_steps: common.sr_steps.clone(),
+    let mut settings = ExploreSettings::new(common.noise.rng, common.noise.seed_or_random());
+    settings.request = common.decode.apply(common.prior.apply(TextToImage {
         prior_guidance_scale,
         decoder_guidance_scale,
-        negative_prompt: common.negative_prompt.clone(),
-        prior_scheduler: common.prior_scheduler,
-        decoder_scheduler: common.decoder_scheduler,
-        super_res_scheduler: common.sr_scheduler,
-        eta: common.eta,
         ..Default::default()
-    };
+    }));
     settings.decoder_prompt = common.decoder_prompt.clone();
     settings.batch = common.batch;
     settings

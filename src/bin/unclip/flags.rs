@@ -11,9 +11,6 @@ use unclip::runtime::{OpenVinoOptions, Precision, TensorRtOptions};
 use unclip::schedulers::SchedulerKind;
 use unclip::{npy, Device, Pipeline, RngKind, Runtime};
 
-#[allow(unused_imports)]
-use crate::{output::*, progress::*};
-
 #[derive(Args, Clone)]
 pub(crate) struct RuntimeArgs {
     /// Bundle directory (default: $UNCLIP_MODEL, else models/shapes next to the executable, in the
@@ -78,39 +75,57 @@ pub(crate) struct RuntimeArgs {
     pub(crate) trt_workspace_mib: Option<usize>,
 }
 
+/// The noise: every sampling command's seed and generator.
 #[derive(Args, Clone)]
-pub(crate) struct SamplingArgs {
-    /// Prompts (several prompts make one batch; none = the empty prompt).
-    pub(crate) prompts: Vec<String>,
+pub(crate) struct NoiseArgs {
     /// Seed of the noise generator (default: random, printed and stored in the PNG).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Noise generator: torch (bit-exact with torch.Generator("cpu"), same images as diffusers) or fast.
     #[arg(long, default_value = "fast")]
     pub(crate) rng: RngKind,
-    /// Images per prompt.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) num_images: usize,
+}
+
+impl NoiseArgs {
+    /// `--seed`, else a random one (printed and stored in the PNG, so still reproducible).
+    pub(crate) fn seed_or_random(&self) -> u64 {
+        self.seed.unwrap_or_else(unclip::noise::random_seed)
+    }
+}
+
+/// The prior's flags, for the commands that run it on prompts.
+#[derive(Args, Clone)]
+pub(crate) struct PriorArgs {
+    #[arg(long)]
+    pub(crate) prior_steps: Option<usize>,
+    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
+    #[arg(long)]
+    pub(crate) prior_scheduler: Option<SchedulerKind>,
     /// Replaces the empty prompt of classifier-free guidance.
     #[arg(long)]
     pub(crate) negative_prompt: Option<String>,
-    #[arg(long)]
-    pub(crate) prior_steps: Option<usize>,
+}
+
+impl PriorArgs {
+    /// `request` with these flags set.
+    pub(crate) fn apply(&self, request: TextToImage) -> TextToImage {
+        TextToImage {
+            prior_steps: self.prior_steps,
+            prior_scheduler: self.prior_scheduler,
+            negative_prompt: self.negative_prompt.clone(),
+            ..request
+        }
+    }
+}
+
+/// The decoder's and upsamplers' flags, for every command that decodes.
+#[derive(Args, Clone)]
+pub(crate) struct DecodeArgs {
     #[arg(long)]
     pub(crate) decoder_steps: Option<usize>,
     /// Steps per upsampler, comma-separated (e.g. 7 or 7,5).
     #[arg(long, value_delimiter = ',')]
     pub(crate) sr_steps: Vec<usize>,
-    #[arg(long)]
-    pub(crate) prior_guidance_scale: Option<f32>,
-    #[arg(long)]
-    pub(crate) decoder_guidance_scale: Option<f32>,
-    /// Use these CLIP image embeddings (.npy, (D,) or (N, D)) instead of running the prior.
-    #[arg(long)]
-    pub(crate) image_embedding: Option<PathBuf>,
-    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
-    #[arg(long)]
-    pub(crate) prior_scheduler: Option<SchedulerKind>,
     /// Decoder scheduler: unclip (the bundle's), ddim or dpm++.
     #[arg(long)]
     pub(crate) decoder_scheduler: Option<SchedulerKind>,
@@ -120,6 +135,42 @@ pub(crate) struct SamplingArgs {
     /// DDIM's η for the stages that run ddim (0 = deterministic, 1 = DDPM-like).
     #[arg(long)]
     pub(crate) eta: Option<f32>,
+}
+
+impl DecodeArgs {
+    /// `request` with these flags set.
+    pub(crate) fn apply(&self, request: TextToImage) -> TextToImage {
+        TextToImage {
+            decoder_steps: self.decoder_steps,
+            super_res_steps: self.sr_steps.clone(),
+            decoder_scheduler: self.decoder_scheduler,
+            super_res_scheduler: self.sr_scheduler,
+            eta: self.eta,
+            ..request
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SamplingArgs {
+    /// Prompts (several prompts make one batch; none = the empty prompt).
+    pub(crate) prompts: Vec<String>,
+    #[command(flatten)]
+    pub(crate) noise: NoiseArgs,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) num_images: usize,
+    #[command(flatten)]
+    pub(crate) prior: PriorArgs,
+    #[command(flatten)]
+    pub(crate) decode: DecodeArgs,
+    #[arg(long)]
+    pub(crate) prior_guidance_scale: Option<f32>,
+    #[arg(long)]
+    pub(crate) decoder_guidance_scale: Option<f32>,
+    /// Use these CLIP image embeddings (.npy, (D,) or (N, D)) instead of running the prior.
+    #[arg(long)]
+    pub(crate) image_embedding: Option<PathBuf>,
     /// Image side to make: the decoder's or an upsampler's (`unclip info` lists them); later
     /// stages are skipped. Default: the largest.
     #[arg(long)]
@@ -131,16 +182,13 @@ pub(crate) struct SamplingArgs {
     pub(crate) decoder_condition: unclip::DecoderCondition,
 }
 
-/// A cache directory flag: the given one, none for "none", else `unclip/<name>` in
-/// $XDG_CACHE_HOME or ~/.cache.
+/// A cache directory flag: the given one, none for "none", else `<name>` in the user's unclip
+/// cache directory ([`unclip::verify::user_cache_dir`]).
 pub(crate) fn cache_dir(flag: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
     match flag {
         Some(dir) if dir.as_os_str() == "none" => None,
         Some(dir) => Some(dir.clone()),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|cache| cache.join("unclip").join(name)),
+        None => unclip::verify::user_cache_dir().map(|cache| cache.join(name)),
     }
 }
 
@@ -205,31 +253,16 @@ pub(crate) fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> 
         Some(path) => Some(npy::read_embeddings(path)?),
         None => None,
     };
-    Ok(TextToImage {
+    let request = TextToImage {
         prompts,
-        negative_prompt: args.negative_prompt.clone(),
         num_images_per_prompt: Some(args.num_images),
-        prior_steps: args.prior_steps,
-        decoder_steps: args.decoder_steps,
-        super_res_steps: args.sr_steps.clone(),
         prior_guidance_scale: args.prior_guidance_scale,
         decoder_guidance_scale: args.decoder_guidance_scale,
         image_embeddings,
         record_intermediates: record,
-        prior_scheduler: args.prior_scheduler,
-        decoder_scheduler: args.decoder_scheduler,
-        super_res_scheduler: args.sr_scheduler,
-        eta: args.eta,
         output_size: args.size,
-        decoder_latents: None,
         decoder_condition: args.decoder_condition,
-    })
-}
-
-/// A seed for runs without --seed (printed and stored in the PNG, so still reproducible).
-pub(crate) fn random_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    (nanos as u64) ^ (std::process::id() as u64).rotate_left(32)
+        ..Default::default()
+    };
+    Ok(args.decode.apply(args.prior.apply(request)))
 }

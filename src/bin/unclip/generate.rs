@@ -6,11 +6,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use unclip::pipeline::{Seed, TextToImage};
-use unclip::schedulers::SchedulerKind;
-use unclip::{noise, npy, RngKind};
+use unclip::{noise, npy};
 
-#[allow(unused_imports)]
-use crate::{flags::*, output::*, progress::*};
+use crate::flags::{load, request, DecodeArgs, NoiseArgs, RuntimeArgs, SamplingArgs};
+use crate::output::{check_output, output_paths, report, write_dump};
+use crate::progress::Bars;
 
 #[derive(Args)]
 pub(crate) struct GenerateArgs {
@@ -42,32 +42,17 @@ pub(crate) struct VaryArgs {
     /// Variations per image.
     #[arg(short = 'n', long, default_value_t = 1)]
     pub(crate) num_images: usize,
-    /// Seed of the noise generator (default: random, printed and stored in the PNG).
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
-    /// Noise generator: torch (same images as diffusers) or fast.
-    #[arg(long, default_value = "fast")]
-    pub(crate) rng: RngKind,
-    #[arg(long)]
-    pub(crate) decoder_steps: Option<usize>,
-    /// Steps per upsampler, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) sr_steps: Vec<usize>,
+    #[command(flatten)]
+    pub(crate) noise: NoiseArgs,
+    #[command(flatten)]
+    pub(crate) decode: DecodeArgs,
     #[arg(long)]
     pub(crate) decoder_guidance_scale: Option<f32>,
     /// Paper-faithful variations (DALL·E 2 §3.1): DDIM-invert each image through the decoder,
-    /// then decode with DDIM at --eta (0 reconstructs the source; prints the error).
+    /// then decode with DDIM at --eta (0 reconstructs the source; prints the error); implies
+    /// the ddim decoder scheduler.
     #[arg(long)]
     pub(crate) invert: bool,
-    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++ (--invert implies ddim).
-    #[arg(long)]
-    pub(crate) decoder_scheduler: Option<SchedulerKind>,
-    /// Super-resolution scheduler: unclip (the bundle's), ddim or dpm++.
-    #[arg(long)]
-    pub(crate) sr_scheduler: Option<SchedulerKind>,
-    /// DDIM's η for the stages that run ddim.
-    #[arg(long)]
-    pub(crate) eta: Option<f32>,
     /// Output PNG; several images become OUT_0.png, OUT_1.png, ….
     #[arg(long, short, default_value = "variation.png")]
     pub(crate) out: PathBuf,
@@ -83,8 +68,8 @@ pub(crate) fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
     check_output(&args.out)?;
     let pipeline = load(&args.runtime)?;
     let request = request(&args.sampling, args.dump.is_some())?;
-    let seed = args.sampling.seed.unwrap_or_else(random_seed);
-    let mut noise = noise::noise_source(args.sampling.rng, seed);
+    let seed = args.sampling.noise.seed_or_random();
+    let mut noise = noise::noise_source(args.sampling.noise.rng, seed);
     let mut bars = Bars::new(quiet);
     let generation = pipeline.generate(&request, noise.as_mut(), &mut |p| bars.update(p))?;
     bars.finish();
@@ -94,8 +79,12 @@ pub(crate) fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
             Some(file) => vec![("image_embedding_file".into(), file.display().to_string())],
             None => Vec::new(),
         };
-        let meta =
-            generation.png_metadata("generate", Seed::new(args.sampling.rng, seed), i, &extra)?;
+        let meta = generation.png_metadata(
+            "generate",
+            Seed::new(args.sampling.noise.rng, seed),
+            i,
+            &extra,
+        )?;
         unclip::image_io::save_png(path, image, &meta)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -109,7 +98,7 @@ pub(crate) fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
     report(
         &paths,
         seed,
-        args.sampling.rng,
+        args.sampling.noise.rng,
         &generation,
         args.json,
         quiet,
@@ -126,19 +115,14 @@ pub(crate) fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
         .iter()
         .map(|path| unclip::vision::load_image(path, &limits))
         .collect::<Result<Vec<_>, _>>()?;
-    let request = TextToImage {
+    let request = args.decode.apply(TextToImage {
         num_images_per_prompt: Some(args.num_images),
-        decoder_steps: args.decoder_steps,
-        super_res_steps: args.sr_steps.clone(),
         decoder_guidance_scale: args.decoder_guidance_scale,
         record_intermediates: args.dump.is_some(),
-        decoder_scheduler: args.decoder_scheduler,
-        super_res_scheduler: args.sr_scheduler,
-        eta: args.eta,
         ..Default::default()
-    };
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let mut noise = noise::noise_source(args.rng, seed);
+    });
+    let seed = args.noise.seed_or_random();
+    let mut noise = noise::noise_source(args.noise.rng, seed);
     let mut bars = Bars::new(quiet);
     let (generation, inversion) = if args.invert {
         let (generation, inversion) =
@@ -162,7 +146,7 @@ pub(crate) fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
                 inversion.mean_abs_error[i].to_string(),
             ));
         }
-        let meta = generation.png_metadata("vary", Seed::new(args.rng, seed), i, &extra)?;
+        let meta = generation.png_metadata("vary", Seed::new(args.noise.rng, seed), i, &extra)?;
         unclip::image_io::save_png(path, image, &meta)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -200,6 +184,6 @@ pub(crate) fn vary(args: VaryArgs, quiet: bool) -> Result<()> {
             }
         }
     }
-    report(&paths, seed, args.rng, &generation, args.json, quiet);
+    report(&paths, seed, args.noise.rng, &generation, args.json, quiet);
     Ok(())
 }

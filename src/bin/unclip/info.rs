@@ -5,9 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use unclip::bundle::{Bundle, Dim};
 
-#[allow(unused_imports)]
-use crate::{flags::*, output::*, progress::*};
-
 pub(crate) fn shape_string(shape: &[Dim]) -> String {
     let dims: Vec<String> = shape
         .iter()

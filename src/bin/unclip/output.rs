@@ -8,9 +8,6 @@ use serde_json::json;
 use unclip::pipeline::Generation;
 use unclip::{npy, RngKind};
 
-#[allow(unused_imports)]
-use crate::{flags::*, progress::*};
-
 /// Fails before any model runs when `out` cannot be written: its directory must exist and take
 /// a new file (outputs are written atomically there: temporary file, then rename).
 pub(crate) fn check_output(out: &Path) -> Result<()> {

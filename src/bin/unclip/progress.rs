@@ -5,9 +5,6 @@ use std::ops::ControlFlow;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use unclip::stages::{Progress, Stage};
 
-#[allow(unused_imports)]
-use crate::{flags::*, output::*};
-
 /// Set by Ctrl-C (SIGINT): the running command stops at the next denoising step and
 /// writes nothing.
 pub(crate) static INTERRUPTED: std::sync::atomic::AtomicBool =

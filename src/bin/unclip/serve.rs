@@ -3,8 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-#[allow(unused_imports)]
-use crate::{flags::*, output::*, progress::*};
+use crate::flags::{load, RuntimeArgs};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {

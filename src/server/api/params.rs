@@ -173,7 +173,7 @@ pub(super) fn prepare(
         .pipeline
         .resolve(&check)
         .map_err(|e| ApiError::from_library(&e))?;
-    let seed = params.seed.unwrap_or_else(rand_seed);
+    let seed = params.seed.unwrap_or_else(crate::noise::random_seed);
     Ok((BatchKey { request, variation }, n, seed, rng))
 }
 
@@ -193,17 +193,6 @@ pub(super) fn check_prompt(
         ));
     }
     Ok(())
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
 }
 
 /// Reads a multipart form: the `image` field(s) as bytes, every other field as text.
