@@ -26,12 +26,13 @@ FORMAT = "unclip-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 # Top-level keys in the order export_bundle.py writes them; `image_encoder` is absent when the
-# checkpoint has no image tower.
+# checkpoint has no image tower, `quantization` until quantize_bundle.py adds int8 models.
 KEYS = (
     "format", "format_version", "name", "source", "exporter", "dtype", "embedding_dim", "tokenizer",
     "image_processor", "models", "text_encoder", "image_encoder", "prior", "decoder", "upsamplers",
+    "quantization",
 )
-OPTIONAL_KEYS = {"source", "exporter", "image_encoder"}
+OPTIONAL_KEYS = {"source", "exporter", "image_encoder", "quantization"}
 DTYPES = ("float32", "float16")
 
 
@@ -50,16 +51,19 @@ def sha256(path: Path) -> str:
 
 def manifest(*, name: str, source: str, exporter: dict, dtype: str, embedding_dim: int, tokenizer: dict,
              image_processor: dict, models: dict, text_encoder: dict, image_encoder: dict | None, prior: dict,
-             decoder: dict, upsamplers: list) -> dict:
-    """The `bundle.json` object, keys in the written order (`image_encoder=None` leaves it out)."""
+             decoder: dict, upsamplers: list, quantization: dict | None = None) -> dict:
+    """The `bundle.json` object, keys in the written order (`image_encoder=None` and
+    `quantization=None` leave them out)."""
     parts = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "source": source, "exporter": exporter,
         "dtype": dtype, "embedding_dim": embedding_dim, "tokenizer": tokenizer, "image_processor": image_processor,
         "models": models, "text_encoder": text_encoder, "image_encoder": image_encoder, "prior": prior,
-        "decoder": decoder, "upsamplers": upsamplers,
+        "decoder": decoder, "upsamplers": upsamplers, "quantization": quantization,
     }
     if image_encoder is None:
         del parts["image_encoder"]
+    if quantization is None:
+        del parts["quantization"]
     return parts
 
 
@@ -75,12 +79,15 @@ def write(out: Path, manifest_object: dict) -> Path:
 
 
 def files(manifest_object: dict) -> list[tuple[str, str]]:
-    """Every (file, sha256) the manifest lists: the tokenizer, each model and its external data
-    (the order of `Bundle::files`)."""
+    """Every (file, sha256) the manifest lists: the tokenizer, each model and its external data,
+    then its int8 model's (the order of `Bundle::files`)."""
     listed = [(manifest_object["tokenizer"]["file"], manifest_object["tokenizer"]["sha256"])]
     for entry in manifest_object["models"].values():
-        listed.append((entry["file"], entry["sha256"]))
-        listed.extend((extra["file"], extra["sha256"]) for extra in entry.get("external_data", []))
+        for part in (entry, entry.get("int8")):
+            if part is None:
+                continue
+            listed.append((part["file"], part["sha256"]))
+            listed.extend((extra["file"], extra["sha256"]) for extra in part.get("external_data", []))
     return listed
 
 

@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -359,6 +360,9 @@ def main() -> None:
                     help="weights in a separate .data file: auto = only above protobuf's 2 GB limit")
     ap.add_argument("--name", help="model name recorded in bundle.json (default: checkpoint folder name)")
     ap.add_argument("--no-image-encoder", action="store_true", help="skip the CLIP image tower")
+    ap.add_argument("--quantize", choices=["int8"],
+                    help="then add int8 models with export/quantize_bundle.py (its default calibration; "
+                         "run that script for its options)")
     ap.add_argument("--prior-guidance-scale", type=float, default=DEFAULTS["prior"][1],
                     help=f"the bundle's default prior guidance (default {DEFAULTS['prior'][1]:g}, Karlo's)")
     ap.add_argument("--decoder-guidance-scale", type=float, default=DEFAULTS["decoder"][1],
@@ -595,6 +599,8 @@ def main() -> None:
     )
     bundle_format.write(out, manifest)
     summary = {"bundle": str(out), "seconds": round(time.time() - started, 1), "models": ex.report}
+    if args.quantize == "int8":
+        subprocess.run([sys.executable, str(Path(__file__).with_name("quantize_bundle.py")), str(out)], check=True)
     print(json.dumps(summary))
 
 

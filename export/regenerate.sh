@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 PY=${1:-${PYTHON:-.venv/bin/python}}
 "$PY" export/make_tiny.py tests/fixtures/tiny-karlo
 "$PY" export/export_bundle.py tests/fixtures/tiny-karlo models/tiny --name tiny
+# its int8 models (random weights: the fidelity check fails, so --precision auto keeps f32 there)
+cargo build --release --bin unclip
+"$PY" export/quantize_bundle.py models/tiny --steps 5/5/2 --seeds 0 --fidelity-seeds 100 --fidelity-steps 5/5/2
 "$PY" export/reference.py --out tests/fixtures/ref
 # The shapes bundle's parity case: from the committed shipped checkpoint (export/shapes/checkpoint).
 if [ -d export/shapes/checkpoint ]; then

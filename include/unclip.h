@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 5u
+#define UNCLIP_ABI_VERSION 6u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -61,7 +61,9 @@ typedef enum unclip_precision {
     UNCLIP_PRECISION_F32 = 0,  /* exact mode, every device */
     UNCLIP_PRECISION_BF16 = 1, /* OpenVINO CPU (fast on AMX / AVX-512-BF16) */
     UNCLIP_PRECISION_FP16 = 2, /* TensorRT, OpenVINO GPU/NPU */
-    UNCLIP_PRECISION_AUTO = 3  /* the fastest the device has */
+    UNCLIP_PRECISION_AUTO = 3, /* the fastest the device has (CPU: int8 with VNNI, when the
+                                  bundle's int8 models passed their fidelity check; ABI 6) */
+    UNCLIP_PRECISION_INT8 = 4  /* ABI 6: CPU, the bundle's int8 models (export/quantize_bundle.py) */
 } unclip_precision;
 
 typedef enum unclip_rng {

@@ -57,6 +57,19 @@ pub struct ModelEntry {
     pub external_data: Vec<FileEntry>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The same model quantized to int8 (QDQ), for `--precision int8` on the CPU device
+    /// (`export/quantize_bundle.py`); same inputs and outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<VariantEntry>,
+}
+
+/// Another file of the same model (same inputs and outputs), such as its int8 quantization.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VariantEntry {
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub external_data: Vec<FileEntry>,
 }
 
 /// Tokenizer settings (CLIP BPE, padded and truncated to `max_length`).
@@ -147,6 +160,11 @@ pub struct Manifest {
     pub prior: PriorEntry,
     pub decoder: DecoderEntry,
     pub upsamplers: Vec<UpsamplerEntry>,
+    /// How the int8 models were made (calibration, nodes kept in fp32) and the fidelity the
+    /// exporter measured (`quantization.int8.fidelity.passed`), as `export/quantize_bundle.py`
+    /// writes it; absent without int8 models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
 }
 
 /// A validated bundle on disk.
@@ -228,7 +246,7 @@ impl Bundle {
             })
     }
 
-    /// Every (file, sha256) the manifest lists.
+    /// Every (file, sha256) the manifest lists, int8 models included.
     pub fn files(&self) -> Vec<(&str, &str)> {
         let m = &self.manifest;
         let mut files = vec![(m.tokenizer.file.as_str(), m.tokenizer.sha256.as_str())];
@@ -240,8 +258,51 @@ impl Bundle {
                     .iter()
                     .map(|f| (f.file.as_str(), f.sha256.as_str())),
             );
+            if let Some(int8) = &model.int8 {
+                files.push((int8.file.as_str(), int8.sha256.as_str()));
+                files.extend(
+                    int8.external_data
+                        .iter()
+                        .map(|f| (f.file.as_str(), f.sha256.as_str())),
+                );
+            }
         }
         files
+    }
+
+    /// Whether any model has an int8 quantization.
+    pub fn has_int8(&self) -> bool {
+        self.manifest.models.values().any(|m| m.int8.is_some())
+    }
+
+    /// Whether the exporter's fidelity check of the int8 models passed
+    /// (`quantization.int8.fidelity.passed`): what `--precision auto` requires to pick them.
+    pub fn int8_fidelity_passed(&self) -> bool {
+        self.has_int8()
+            && self
+                .manifest
+                .quantization
+                .as_ref()
+                .and_then(|q| q.pointer("/int8/fidelity/passed"))
+                .and_then(|v| v.as_bool())
+                == Some(true)
+    }
+
+    /// The entry of model `key` to load: its int8 quantization when `int8` and the model has one
+    /// (models without one, such as the text encoder, stay f32), else the model itself.
+    pub fn model_for(&self, key: &str, int8: bool) -> Result<ModelEntry> {
+        let entry = self.model(key)?;
+        Ok(match (&entry.int8, int8) {
+            (Some(variant), true) => ModelEntry {
+                file: variant.file.clone(),
+                sha256: variant.sha256.clone(),
+                external_data: variant.external_data.clone(),
+                inputs: entry.inputs.clone(),
+                outputs: entry.outputs.clone(),
+                int8: None,
+            },
+            _ => entry.clone(),
+        })
     }
 
     fn check_references(&self, manifest_path: &Path) -> Result<()> {

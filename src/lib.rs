@@ -28,5 +28,5 @@ pub mod vision;
 pub use bundle::Bundle;
 pub use error::{Error, ErrorKind, Result};
 pub use noise::{NoiseSource, RngKind};
-pub use pipeline::{DecoderCondition, Generation, Pipeline, TextToImage};
+pub use pipeline::{DecoderCondition, Generation, LoadOptions, Pipeline, TextToImage};
 pub use runtime::{Device, Runtime};

@@ -1,5 +1,6 @@
-//! ABI 2, 3 and 4 of the C interface, through the exported functions: the appended scheduler, η
-//! and size fields (ABI 2), precision and OpenVINO fields (ABI 3), low-memory mode (ABI 4), and
+//! ABI 2 to 6 of the C interface, through the exported functions: the appended scheduler, η
+//! and size fields (ABI 2), precision and OpenVINO fields (ABI 3), low-memory mode (ABI 4), the
+//! int8 precision (ABI 6), and
 //! hosts built against older ABIs (shorter params structs) still served.
 
 mod common;
@@ -42,7 +43,7 @@ unsafe fn generate(
 #[test]
 fn schedulers_eta_size_and_abi1_hosts() {
     unsafe {
-        assert_eq!(unclip_abi_version(), 5);
+        assert_eq!(unclip_abi_version(), 6);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
         let (runtime, pipeline) = tiny_pipeline(&rp);
@@ -157,9 +158,11 @@ fn abi3_precision_and_openvino_fields() {
         assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
         assert!(message.contains("struct_size"), "{message}");
 
-        // Precision is checked against the device; auto on the CPU provider is f32.
+        // Precision is checked against the device; auto and int8 (ABI 6) run on the CPU
+        // provider, int8 on no other.
         for (precision, status, says) in [
             (3, unclip_status::UNCLIP_OK, ""),
+            (4, unclip_status::UNCLIP_OK, ""),
             (
                 1,
                 unclip_status::UNCLIP_INVALID_ARGUMENT,
@@ -188,6 +191,16 @@ fn abi3_precision_and_openvino_fields() {
         assert!(
             message.contains("no plugin library at /nonexistent/")
                 && message.contains("scripts/setup-ort --openvino"),
+            "{message}"
+        );
+        let (status, message) = create(&unclip_runtime_params {
+            device: 1,
+            precision: 4,
+            ..rp
+        });
+        assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT);
+        assert!(
+            message.contains("int8 models run on --device cpu"),
             "{message}"
         );
         let tpu = CString::new("TPU").unwrap();

@@ -352,13 +352,14 @@ fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
 fn upsampler_batch_splits_calls_without_changing_the_images() {
     let mut request = small("a red circle");
     request.num_images_per_prompt = Some(3);
+    let runtime = unclip::Runtime::builder().build().unwrap();
     let run = |images: usize| {
-        let runtime = unclip::Runtime::builder()
-            .upsampler_batch(images)
-            .build()
-            .unwrap();
-        assert_eq!(runtime.upsampler_batch(), images);
-        let pipeline = Pipeline::load(&runtime, common::tiny_bundle()).expect("load models/tiny");
+        let options = unclip::LoadOptions {
+            upsampler_batch: images,
+        };
+        let pipeline = Pipeline::load_with(&runtime, common::tiny_bundle(), &options)
+            .expect("load models/tiny");
+        assert_eq!(pipeline.options().upsampler_batch, images);
         let out = pipeline
             .generate(&request, &mut TorchGenerator::new(11), &mut no_observer())
             .unwrap();
@@ -381,19 +382,15 @@ fn upsampler_batch_splits_calls_without_changing_the_images() {
     for images in [1, 2] {
         assert_eq!(run(images), whole, "{images} image(s) per call");
     }
-    assert_eq!(
-        unclip::Runtime::builder()
-            .build()
-            .unwrap()
-            .upsampler_batch(),
-        1
-    );
-    match unclip::Runtime::builder().upsampler_batch(0).build() {
+    assert_eq!(unclip::LoadOptions::default().upsampler_batch, 1);
+    let zero = unclip::LoadOptions { upsampler_batch: 0 };
+    match Pipeline::load_with(&runtime, common::tiny_bundle(), &zero) {
         Err(Error::InvalidArgument { name, reason }) => {
             assert_eq!(name, "upsampler batch");
             assert!(reason.contains("1 or more"), "{reason}");
         }
-        other => panic!("expected an invalid-argument error, got {other:?}"),
+        Err(other) => panic!("expected an invalid-argument error, got {other:?}"),
+        Ok(_) => panic!("0 images per call was accepted"),
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::server::Server;
-use unclip::image_io::{read_png_text, read_png_text_bytes};
+use unclip::image_io::{read_png_text, read_png_text_bytes, save_png};
 use unclip::pipeline::{no_observer, Reproduction};
 use unclip::Pipeline;
 
@@ -109,6 +109,43 @@ fn generate_batches_are_remade_image_by_image() {
     );
     let record = assert_reproduces(Path::new(out));
     assert_eq!(record.eta, 0.5);
+
+    // The same from the CLI: `unclip reproduce --check` re-makes a batch's image by itself.
+    let source = dir.path().join("out_3.png");
+    let again = dir.path().join("again.png");
+    unclip(&[
+        "reproduce",
+        source.to_str().unwrap(),
+        "--check",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(image::open(&again).unwrap().to_rgb8() == image::open(&source).unwrap().to_rgb8());
+    assert_eq!(
+        read_png_text(&again).unwrap(),
+        read_png_text(&source).unwrap()
+    );
+    // one pixel changed under the same record: --check fails and says how many differ
+    let mut tampered = image::open(&source).unwrap().to_rgb8();
+    tampered.get_pixel_mut(5, 9).0[1] ^= 0x10;
+    let tampered_path = dir.path().join("tampered.png");
+    save_png(&tampered_path, &tampered, &read_png_text(&source).unwrap()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args([
+            "reproduce",
+            tampered_path.to_str().unwrap(),
+            "--check",
+            "-o",
+        ])
+        .arg(&again)
+        .arg("--model")
+        .arg(common::tiny_bundle())
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 of 65536 pixels differ"), "{stderr}");
 }
 
 #[test]

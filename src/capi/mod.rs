@@ -43,7 +43,7 @@ pub use runtime::{unclip_runtime_create, unclip_runtime_free};
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());

@@ -47,6 +47,7 @@ pub unsafe extern "C" fn unclip_runtime_create(
             1 => Precision::Bf16,
             2 => Precision::Fp16,
             3 => Precision::Auto,
+            4 => Precision::Int8,
             other => {
                 return Err(invalid(
                     "precision",

@@ -15,6 +15,7 @@ use ndarray::{Array1, Array2, Array3, Array4, Axis};
 
 use super::{DecoderCondition, Generation, Pipeline, TextToImage};
 use crate::noise::{noise_source, NoiseSource, RngKind, SharedNoise};
+use crate::runtime::Precision;
 use crate::schedulers::SchedulerKind;
 use crate::stages::Observer;
 use crate::{Error, Result};
@@ -86,6 +87,8 @@ pub struct Reproduction {
     /// The bundle's name and the sha256 of its `bundle.json`.
     pub model: String,
     pub model_sha256: String,
+    /// The precision the models ran at (written when not f32; older records are f32).
+    pub precision: Precision,
     pub unclip_version: String,
 }
 
@@ -136,6 +139,7 @@ impl Generation {
             decoder_latents,
             model: s.model.clone(),
             model_sha256: s.model_sha256.clone(),
+            precision: s.precision,
             unclip_version: UNCLIP_VERSION.to_string(),
         })
     }
@@ -212,8 +216,11 @@ impl Reproduction {
         pairs.extend([
             ("model", self.model.clone()),
             ("model_sha256", self.model_sha256.clone()),
-            ("unclip_version", self.unclip_version.clone()),
         ]);
+        if self.precision != Precision::F32 {
+            pairs.push(("precision", self.precision.to_string()));
+        }
+        pairs.push(("unclip_version", self.unclip_version.clone()));
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
@@ -278,6 +285,10 @@ impl Reproduction {
             decoder_latents,
             model: fields.text("model")?.to_string(),
             model_sha256: fields.text("model_sha256")?.to_string(),
+            precision: match fields.optional("precision") {
+                Some(_) => fields.parse("precision")?,
+                None => Precision::F32,
+            },
             unclip_version: fields.text("unclip_version")?.to_string(),
         })
     }
@@ -334,6 +345,18 @@ impl Pipeline {
                 format!(
                     "the image was made by bundle {:?} (bundle.json sha256 {}), this pipeline runs {:?} ({}): load that bundle",
                     record.model, record.model_sha256, bundle.manifest.name, bundle.manifest_sha256
+                ),
+            ));
+        }
+        if record.precision != self.precision() {
+            return Err(Error::invalid(
+                "reproduction metadata",
+                format!(
+                    "the image was made at precision {}, this pipeline runs {}: run it at \
+                     --precision {}",
+                    record.precision,
+                    self.precision(),
+                    record.precision
                 ),
             ));
         }

@@ -13,7 +13,7 @@ use crate::bundle::Bundle;
 use crate::guidance;
 use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
-use crate::runtime::{Model, Runtime};
+use crate::runtime::{Model, Precision, Runtime};
 use crate::stages::{
     Conditioning, Decoder, ImageEncoder, ModelCache, Observer, Prior, Stage, Upsampler,
 };
@@ -62,20 +62,86 @@ pub struct Pipeline {
     prior: Prior,
     decoder: Decoder,
     upsamplers: Vec<Upsampler>,
+    options: LoadOptions,
+    precision: Precision,
+}
+
+/// What the pipeline of `bundle` runs at on `runtime` (see [`Pipeline::precision`]).
+fn pipeline_precision(runtime: &Runtime, bundle: &Bundle) -> Result<Precision> {
+    match runtime.precision() {
+        Precision::Int8 if runtime.is_auto_precision() => Ok(if bundle.int8_fidelity_passed() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }),
+        Precision::Int8 if !bundle.has_int8() => Err(Error::invalid(
+            "precision",
+            format!(
+                "int8: bundle {:?} ({}) has no int8 models; make them with \
+                 export/quantize_bundle.py, or run --precision f32",
+                bundle.manifest.name,
+                bundle.dir.display()
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// How a [`Pipeline`] is loaded: what is fixed for its lifetime besides the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The most images one super-resolution model call takes (default 1): a larger batch is
+    /// split into calls of this size, with the same result (every image is computed on its own;
+    /// the scheduler and the noise still see the whole batch). A 256² upsampler's activations
+    /// grow with the batch, so at Karlo size a few images in one call can take several times the
+    /// memory of one at a time for the same seconds on a CPU. Raise it on a GPU, where a batch
+    /// fills the device better. TensorRT profiles are sized from it. 0 is refused at load.
+    pub upsampler_batch: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { upsampler_batch: 1 }
+    }
 }
 
 impl Pipeline {
-    /// Opens and validates the bundle in `dir` and creates every session.
+    /// Opens and validates the bundle in `dir` and creates every session (default options).
     pub fn load(runtime: &Runtime, dir: impl AsRef<Path>) -> Result<Pipeline> {
-        let bundle = Bundle::open(dir)?;
-        Self::from_bundle(runtime, bundle)
+        Self::load_with(runtime, dir, &LoadOptions::default())
     }
 
-    /// Creates the sessions of an opened bundle.
+    /// [`Pipeline::load`] with options.
+    pub fn load_with(
+        runtime: &Runtime,
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+    ) -> Result<Pipeline> {
+        let bundle = Bundle::open(dir)?;
+        Self::from_bundle_with(runtime, bundle, options)
+    }
+
+    /// Creates the sessions of an opened bundle (default options).
     pub fn from_bundle(runtime: &Runtime, bundle: Bundle) -> Result<Pipeline> {
+        Self::from_bundle_with(runtime, bundle, &LoadOptions::default())
+    }
+
+    /// [`Pipeline::from_bundle`] with options.
+    pub fn from_bundle_with(
+        runtime: &Runtime,
+        bundle: Bundle,
+        options: &LoadOptions,
+    ) -> Result<Pipeline> {
+        if options.upsampler_batch == 0 {
+            return Err(Error::invalid(
+                "upsampler batch",
+                "0 images per super-resolution call: give 1 or more",
+            ));
+        }
         let _span = tracing::info_span!("load", bundle = %bundle.dir.display()).entered();
+        let precision = pipeline_precision(runtime, &bundle)?;
         let text = TextEncoder::load(runtime, &bundle, crate::stages::cfg_profile())?;
-        let mut models = ModelCache::new(runtime, &bundle);
+        let mut models = ModelCache::new(runtime, &bundle, precision == Precision::Int8);
         let image_encoder = ImageEncoder::load(&mut models, &bundle)?;
         let prior = Prior::load(&mut models, &bundle)?;
         let decoder = Decoder::load(&mut models, &bundle)?;
@@ -83,7 +149,7 @@ impl Pipeline {
             .manifest
             .upsamplers
             .iter()
-            .map(|entry| Upsampler::load(&mut models, entry, &bundle))
+            .map(|entry| Upsampler::load(&mut models, entry, &bundle, options.upsampler_batch))
             .collect::<Result<Vec<_>>>()?;
         drop(models);
         Ok(Pipeline {
@@ -94,7 +160,20 @@ impl Pipeline {
             prior,
             decoder,
             upsamplers,
+            options: options.clone(),
+            precision,
         })
+    }
+
+    /// The precision its models run at: the runtime's, except that [`Precision::Auto`] on the
+    /// CPU device runs f32 for a bundle without int8 models that passed their fidelity check.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The options it was loaded with.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
     }
 
     pub fn bundle(&self) -> &Bundle {

@@ -4,6 +4,7 @@
 use ndarray::{Array2, Array4};
 
 use super::Pipeline;
+use crate::runtime::Precision;
 use crate::schedulers::SchedulerKind;
 use crate::stages::{check_steps, Sampling, MAX_BATCH};
 use crate::{Error, Result};
@@ -120,6 +121,8 @@ pub struct ResolvedSettings {
     /// The bundle's name and the sha256 of its `bundle.json` (for reproduction metadata).
     pub model: String,
     pub model_sha256: String,
+    /// The precision the models ran at ([`Pipeline::precision`]).
+    pub precision: Precision,
 }
 
 impl ResolvedSettings {
@@ -163,98 +166,19 @@ impl ResolvedSettings {
 impl Pipeline {
     /// Resolves defaults and checks every parameter before any work starts.
     pub fn resolve(&self, request: &TextToImage) -> Result<ResolvedSettings> {
-        if request.prompts.is_empty() {
-            return Err(Error::invalid(
-                "prompts",
-                "give at least one prompt (an empty string is allowed)",
-            ));
-        }
-        let n = request.num_images_per_prompt.unwrap_or(1);
-        if n == 0 || n * request.prompts.len() > MAX_BATCH {
-            return Err(Error::invalid(
-                "num_images_per_prompt",
-                format!(
-                    "{} prompts × {n} images: need 1 to {MAX_BATCH} images per call",
-                    request.prompts.len()
-                ),
-            ));
-        }
-        let scale = |name: &'static str, value: Option<f32>, default: f32| -> Result<f32> {
-            let value = value.unwrap_or(default);
-            if !value.is_finite() || !(0.0..=100.0).contains(&value) {
-                return Err(Error::invalid(
-                    name,
-                    format!("{value}: use a finite value in 0..=100"),
-                ));
-            }
-            Ok(value)
-        };
-        let prior_guidance_scale = scale(
+        let n = self.check_batch(request)?;
+        let prior_guidance_scale = guidance_scale(
             "prior guidance scale",
             request.prior_guidance_scale,
             self.prior.default_guidance_scale,
         )?;
-        let decoder_guidance_scale = scale(
+        let decoder_guidance_scale = guidance_scale(
             "decoder guidance scale",
             request.decoder_guidance_scale,
             self.decoder.default_guidance_scale,
         )?;
-        if request.super_res_steps.len() > self.upsamplers.len() {
-            return Err(Error::invalid(
-                "super-resolution steps",
-                format!(
-                    "{} values given, the bundle has {} upsampler(s)",
-                    request.super_res_steps.len(),
-                    self.upsamplers.len()
-                ),
-            ));
-        }
-        let super_res_steps: Vec<usize> = self
-            .upsamplers
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                request
-                    .super_res_steps
-                    .get(i)
-                    .copied()
-                    .unwrap_or(u.default_steps)
-            })
-            .collect();
-        if request.image_embeddings.is_some()
-            && request.decoder_condition != DecoderCondition::Prior
-        {
-            return Err(Error::invalid(
-                "decoder condition",
-                format!(
-                    "{} replaces the image embeddings, so it cannot be combined with given \
-                     image embeddings: drop one of them",
-                    request.decoder_condition
-                ),
-            ));
-        }
-        if let Some(embeddings) = &request.image_embeddings {
-            let (rows, dim) = embeddings.dim();
-            if dim != self.prior.embedding_dim() || !(rows == 1 || rows == request.prompts.len()) {
-                let rows_ok = match request.prompts.len() {
-                    1 => "1".to_string(),
-                    n => format!("1 or {n}"),
-                };
-                return Err(Error::Shape {
-                    what: "image embeddings".into(),
-                    expected: format!(
-                        "({rows_ok}, {}) (one row for all prompts or one per prompt)",
-                        self.prior.embedding_dim()
-                    ),
-                    found: vec![rows, dim],
-                });
-            }
-            if embeddings.iter().any(|x| !x.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: "image embeddings".into(),
-                });
-            }
-        }
+        let super_res_steps = self.super_res_steps(&request.super_res_steps)?;
+        self.check_given_embeddings(request)?;
         let prior_steps = request.prior_steps.unwrap_or(self.prior.default_steps);
         let decoder_steps = request.decoder_steps.unwrap_or(self.decoder.default_steps);
         check_steps("prior steps", prior_steps)?;
@@ -262,41 +186,8 @@ impl Pipeline {
         for &steps in &super_res_steps {
             check_steps("super-resolution steps", steps)?;
         }
-        let images = request.prompts.len() * n;
-        if let Some(latents) = &request.decoder_latents {
-            let size = self.decoder.sample_size();
-            let shape = latents.shape();
-            if !(shape[0] == 1 || shape[0] == images) || shape[1..] != [3, size, size] {
-                return Err(Error::Shape {
-                    what: "decoder latents".into(),
-                    expected: format!("(1 or {images}, 3, {size}, {size})"),
-                    found: shape.to_vec(),
-                });
-            }
-            if latents.iter().any(|x| !x.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: "decoder latents".into(),
-                });
-            }
-        }
-        let eta = request.eta.unwrap_or(0.0);
-        let sizes = self.sizes();
-        let upsamplers = match request.output_size {
-            None => self.upsamplers.len(),
-            Some(size) => sizes.iter().position(|&s| s == size).ok_or_else(|| {
-                Error::invalid(
-                    "output size",
-                    format!(
-                        "{size}: this bundle makes {}",
-                        sizes
-                            .iter()
-                            .map(|s| format!("{s}x{s}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?,
-        };
+        self.check_decoder_latents(request, request.prompts.len() * n)?;
+        let upsamplers = self.upsamplers_for(request.output_size)?;
         let settings = ResolvedSettings {
             prior_steps,
             decoder_steps,
@@ -324,12 +215,145 @@ impl Pipeline {
                         .unwrap_or_else(|| u.scheduler_config().kind())
                 })
                 .collect(),
-            eta,
+            eta: request.eta.unwrap_or(0.0),
             upsamplers,
-            output_size: sizes[upsamplers],
+            output_size: self.sizes()[upsamplers],
             model: self.bundle.manifest.name.clone(),
             model_sha256: self.bundle.manifest_sha256.clone(),
+            precision: self.precision,
         };
+        self.check_schedulers(&settings)?;
+        Ok(settings)
+    }
+
+    /// Images per prompt, checked against the batch limit.
+    fn check_batch(&self, request: &TextToImage) -> Result<usize> {
+        if request.prompts.is_empty() {
+            return Err(Error::invalid(
+                "prompts",
+                "give at least one prompt (an empty string is allowed)",
+            ));
+        }
+        let n = request.num_images_per_prompt.unwrap_or(1);
+        if n == 0 || n * request.prompts.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "num_images_per_prompt",
+                format!(
+                    "{} prompts × {n} images: need 1 to {MAX_BATCH} images per call",
+                    request.prompts.len()
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Steps of every upsampler: the given ones, then the bundle's defaults.
+    fn super_res_steps(&self, given: &[usize]) -> Result<Vec<usize>> {
+        if given.len() > self.upsamplers.len() {
+            return Err(Error::invalid(
+                "super-resolution steps",
+                format!(
+                    "{} values given, the bundle has {} upsampler(s)",
+                    given.len(),
+                    self.upsamplers.len()
+                ),
+            ));
+        }
+        Ok(self
+            .upsamplers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| given.get(i).copied().unwrap_or(u.default_steps))
+            .collect())
+    }
+
+    /// Given image embeddings: one row for all prompts or one per prompt, finite, and not
+    /// combined with another decoder condition.
+    fn check_given_embeddings(&self, request: &TextToImage) -> Result<()> {
+        let Some(embeddings) = &request.image_embeddings else {
+            return Ok(());
+        };
+        if request.decoder_condition != DecoderCondition::Prior {
+            return Err(Error::invalid(
+                "decoder condition",
+                format!(
+                    "{} replaces the image embeddings, so it cannot be combined with given \
+                     image embeddings: drop one of them",
+                    request.decoder_condition
+                ),
+            ));
+        }
+        let (rows, dim) = embeddings.dim();
+        let prompts = request.prompts.len();
+        if dim != self.prior.embedding_dim() || !(rows == 1 || rows == prompts) {
+            let rows_ok = match prompts {
+                1 => "1".to_string(),
+                n => format!("1 or {n}"),
+            };
+            return Err(Error::Shape {
+                what: "image embeddings".into(),
+                expected: format!(
+                    "({rows_ok}, {}) (one row for all prompts or one per prompt)",
+                    self.prior.embedding_dim()
+                ),
+                found: vec![rows, dim],
+            });
+        }
+        if embeddings.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "image embeddings".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Given decoder latents: one for all images or one per image, of the decoder's shape.
+    fn check_decoder_latents(&self, request: &TextToImage, images: usize) -> Result<()> {
+        let Some(latents) = &request.decoder_latents else {
+            return Ok(());
+        };
+        let size = self.decoder.sample_size();
+        let shape = latents.shape();
+        if !(shape[0] == 1 || shape[0] == images) || shape[1..] != [3, size, size] {
+            return Err(Error::Shape {
+                what: "decoder latents".into(),
+                expected: format!("(1 or {images}, 3, {size}, {size})"),
+                found: shape.to_vec(),
+            });
+        }
+        if latents.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "decoder latents".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// How many upsamplers run to make `output_size` (all when it is not given).
+    fn upsamplers_for(&self, output_size: Option<usize>) -> Result<usize> {
+        let Some(size) = output_size else {
+            return Ok(self.upsamplers.len());
+        };
+        let sizes = self.sizes();
+        sizes.iter().position(|&s| s == size).ok_or_else(|| {
+            Error::invalid(
+                "output size",
+                format!(
+                    "{size}: this bundle makes {}",
+                    sizes
+                        .iter()
+                        .map(|s| format!("{s}x{s}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Builds every stage's scheduler once, so a bad combination (an inverse scheduler, η without
+    /// DDIM, a step count a solver cannot space) fails before any model runs.
+    fn check_schedulers(&self, settings: &ResolvedSettings) -> Result<()> {
+        let upsamplers = settings.upsamplers;
         // DDIMInverse runs from image to noise (Pipeline::invert_images); a generation cannot.
         let inverse = std::iter::once(("prior scheduler", settings.prior_scheduler))
             .filter(|_| settings.ran_prior)
@@ -347,8 +371,6 @@ impl Pipeline {
                  choose unclip, ddim or dpm++",
             ));
         }
-        // Every stage's scheduler is built once here, so a bad combination (η without DDIM, a
-        // step count a solver cannot space) fails before any model runs.
         let mut uses_ddim = false;
         if settings.ran_prior {
             let sampling = settings.prior_sampling();
@@ -365,6 +387,7 @@ impl Pipeline {
                 .build("super-resolution steps", upsampler.scheduler_config())?;
             uses_ddim |= settings.super_res_scheduler[i] == SchedulerKind::Ddim;
         }
+        let eta = settings.eta;
         if eta != 0.0 && !uses_ddim {
             return Err(Error::invalid(
                 "eta",
@@ -374,6 +397,18 @@ impl Pipeline {
                 ),
             ));
         }
-        Ok(settings)
+        Ok(())
     }
+}
+
+/// A guidance scale, or its default, checked to be finite and in 0..=100.
+fn guidance_scale(name: &'static str, value: Option<f32>, default: f32) -> Result<f32> {
+    let value = value.unwrap_or(default);
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        return Err(Error::invalid(
+            name,
+            format!("{value}: use a finite value in 0..=100"),
+        ));
+    }
+    Ok(value)
 }

@@ -99,24 +99,30 @@ pub enum Precision {
     Bf16,
     /// float16 compute (TensorRT engines, OpenVINO GPU/NPU).
     Fp16,
+    /// int8 models (static QDQ) on the CPU device: the bundle's `int8` models
+    /// (`export/quantize_bundle.py`); models without one run f32.
+    Int8,
     /// The fastest precision the device has: bf16 on OpenVINO CPUs with AMX or AVX-512-BF16
-    /// (else f32), f16 on OpenVINO GPU/NPU and TensorRT, f32 on the CPU and CUDA providers.
+    /// (else f32), f16 on OpenVINO GPU/NPU and TensorRT, f32 on CUDA; on the CPU device int8
+    /// where the CPU has VNNI and the bundle has int8 models whose fidelity check passed, else
+    /// f32.
     Auto,
 }
 
 impl FromStr for Precision {
     type Err = Error;
 
-    /// `f32` (`fp32`), `bf16`, `fp16` (`f16`), `auto`; case-insensitive.
+    /// `f32` (`fp32`), `bf16`, `fp16` (`f16`), `int8`, `auto`; case-insensitive.
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "fp16" | "f16" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8),
             "auto" => Ok(Precision::Auto),
             _ => Err(Error::invalid(
                 "precision",
-                format!("{s:?}: choose f32, bf16, fp16 or auto"),
+                format!("{s:?}: choose f32, bf16, fp16, int8 or auto"),
             )),
         }
     }
@@ -128,16 +134,19 @@ impl fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
             Precision::Auto => "auto",
         })
     }
 }
 
-/// What the CPU offers for bf16 (x86 flags from `/proc/cpuinfo`: `amx_bf16`, `avx512_bf16`).
+/// What the CPU offers for reduced precision (x86 flags from `/proc/cpuinfo`: `amx_bf16`,
+/// `avx512_bf16`; `avx512_vnni` or `avx_vnni` for int8 dot products).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuFeatures {
     pub amx_bf16: bool,
     pub avx512_bf16: bool,
+    pub vnni: bool,
 }
 
 impl CpuFeatures {
@@ -160,6 +169,7 @@ impl CpuFeatures {
         CpuFeatures {
             amx_bf16: flags.contains(&"amx_bf16"),
             avx512_bf16: flags.contains(&"avx512_bf16"),
+            vnni: flags.contains(&"avx512_vnni") || flags.contains(&"avx_vnni"),
         }
     }
 
@@ -184,10 +194,19 @@ pub fn resolve_precision(
     };
     match (device, requested) {
         (_, Precision::F32) => Ok(Precision::F32),
-        (Device::Cpu | Device::Cuda { .. }, Precision::Auto) => Ok(Precision::F32),
+        // Auto on the CPU device: int8 where VNNI runs it; the pipeline falls back to f32 for a
+        // bundle without int8 models that passed their fidelity check.
+        (Device::Cpu, Precision::Auto) => Ok(if cpu.vnni {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }),
+        (Device::Cpu, Precision::Int8) => Ok(Precision::Int8),
+        (Device::Cuda { .. }, Precision::Auto) => Ok(Precision::F32),
         (Device::Cpu, _) => refuse(
-            "ONNX Runtime's CPU provider runs the exact f32 mode only; the fast bf16 mode is --device openvino --precision bf16 (or auto)",
+            "ONNX Runtime's CPU provider runs f32 and int8 models; the bf16 mode is --device openvino --precision bf16 (or auto)",
         ),
+        (_, Precision::Int8) => refuse("int8 models run on --device cpu"),
         (Device::Cuda { .. }, _) => {
             refuse("the CUDA provider runs f32 only; use --device tensorrt --precision fp16")
         }
@@ -270,6 +289,12 @@ mod tests {
         let amx = CpuFeatures {
             amx_bf16: true,
             avx512_bf16: true,
+            vnni: true,
+        };
+        let zen4 = CpuFeatures {
+            amx_bf16: false,
+            avx512_bf16: true,
+            vnni: true,
         };
         let plain = CpuFeatures::default();
         let ov = |t: &str| Device::OpenVino { target: t.into() };
@@ -278,7 +303,11 @@ mod tests {
         assert_eq!(ok(&ov("CPU"), Precision::Auto, plain), Precision::F32);
         assert_eq!(ok(&ov("GPU.1"), Precision::Auto, amx), Precision::Fp16);
         assert_eq!(ok(&ov("CPU"), Precision::Bf16, plain), Precision::Bf16);
-        assert_eq!(ok(&Device::Cpu, Precision::Auto, amx), Precision::F32);
+        assert_eq!(ok(&Device::Cpu, Precision::Auto, amx), Precision::Int8);
+        assert_eq!(ok(&Device::Cpu, Precision::Auto, zen4), Precision::Int8);
+        assert_eq!(ok(&Device::Cpu, Precision::Auto, plain), Precision::F32);
+        assert_eq!(ok(&Device::Cpu, Precision::Int8, plain), Precision::Int8);
+        assert_eq!(ok(&ov("CPU"), Precision::Auto, zen4), Precision::Bf16);
         let trt = Device::TensorRt { device_id: 0 };
         assert_eq!(ok(&trt, Precision::Auto, amx), Precision::Fp16);
         for (device, precision, names) in [
@@ -286,6 +315,12 @@ mod tests {
             (Device::Cuda { device_id: 0 }, Precision::Fp16, "tensorrt"),
             (trt, Precision::Bf16, "f32 or fp16"),
             (ov("NPU"), Precision::Bf16, "f32 or fp16"),
+            (ov("CPU"), Precision::Int8, "--device cpu"),
+            (
+                Device::Cuda { device_id: 0 },
+                Precision::Int8,
+                "--device cpu",
+            ),
         ] {
             match resolve_precision(&device, precision, amx) {
                 Err(Error::InvalidArgument { name, reason }) => {
@@ -297,7 +332,8 @@ mod tests {
         }
         assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::F32);
-        assert!("int8".parse::<Precision>().is_err());
+        assert_eq!("INT8".parse::<Precision>().unwrap(), Precision::Int8);
+        assert!("int4".parse::<Precision>().is_err());
     }
 
     #[test]
@@ -306,8 +342,11 @@ mod tests {
                     processor\t: 1\n";
         let features = CpuFeatures::from_cpuinfo(info);
         assert!(features.amx_bf16 && features.avx512_bf16 && features.fast_bf16());
+        assert!(!features.vnni);
         let old = CpuFeatures::from_cpuinfo("flags : fpu sse avx2 avx512f\n");
-        assert!(!old.fast_bf16());
+        assert!(!old.fast_bf16() && !old.vnni);
+        assert!(CpuFeatures::from_cpuinfo("flags : avx512f avx512_vnni avx512_bf16\n").vnni);
+        assert!(CpuFeatures::from_cpuinfo("flags : avx2 avx_vnni\n").vnni);
         assert!(!CpuFeatures::from_cpuinfo("").fast_bf16());
     }
 }

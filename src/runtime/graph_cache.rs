@@ -155,6 +155,7 @@ mod tests {
 
     fn entry(sha: &str, data: &[&str]) -> ModelEntry {
         ModelEntry {
+            int8: None,
             file: "decoder.onnx".into(),
             sha256: sha.into(),
             external_data: data

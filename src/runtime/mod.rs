@@ -55,12 +55,14 @@ pub struct Runtime {
     spinning: bool,
     device: Device,
     precision: Precision,
+    /// `precision` was chosen by [`Precision::Auto`].
+    auto_precision: bool,
     tensorrt: TensorRtOptions,
     openvino: OpenVinoOptions,
     low_memory: bool,
     prepacking: bool,
-    upsampler_batch: usize,
     graph_cache_dir: Option<PathBuf>,
+    capture_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -73,8 +75,8 @@ impl std::fmt::Debug for Runtime {
             .field("precision", &self.precision)
             .field("low_memory", &self.low_memory)
             .field("prepacking", &self.prepacking)
-            .field("upsampler_batch", &self.upsampler_batch)
             .field("graph_cache_dir", &self.graph_cache_dir)
+            .field("capture_dir", &self.capture_dir)
             .finish()
     }
 }
@@ -91,8 +93,8 @@ pub struct RuntimeBuilder {
     spinning: bool,
     low_memory: bool,
     prepacking: bool,
-    upsampler_batch: Option<usize>,
     graph_cache_dir: Option<PathBuf>,
+    capture_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeBuilder {
@@ -107,8 +109,8 @@ impl Default for RuntimeBuilder {
             spinning: false,
             low_memory: false,
             prepacking: true,
-            upsampler_batch: None,
             graph_cache_dir: None,
+            capture_dir: None,
         }
     }
 }
@@ -179,17 +181,6 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The most images one super-resolution model call takes (default 1): a larger batch is
-    /// split into calls of this size, with the same result (every image is computed on its own;
-    /// the scheduler and the noise still see the whole batch). A 256² upsampler's activations
-    /// grow with the batch: at Karlo size, 4 images in one call took the exact mode past 24 GB
-    /// (killed), where one at a time keeps it at the batch-1 peak for the same seconds. Raise it
-    /// on a GPU, where a batch fills the device better. 0 is refused at [`RuntimeBuilder::build`].
-    pub fn upsampler_batch(mut self, images: usize) -> Self {
-        self.upsampler_batch = Some(images);
-        self
-    }
-
     /// Keep ONNX Runtime's optimized graphs in `dir` (`--graph-cache-dir`; CPU device only,
     /// default none): a model's first load optimizes it and saves the result there, later loads
     /// read it back with optimization off. Keyed by the model's hashes, the ONNX Runtime build
@@ -201,18 +192,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Write every model call's inputs under `dir` (`--capture-model-inputs`, default none):
+    /// `dir/<model key>/<process id>_<call, 6 digits>/<input name>.npy`. The calibration data of
+    /// int8 quantization (`export/quantize_bundle.py`); costs a write per call.
+    pub fn capture_model_inputs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.capture_dir = Some(dir.into());
+        self
+    }
+
     /// Loads ONNX Runtime (once per process) and checks the device's providers are available.
     pub fn build(self) -> Result<Runtime> {
-        let upsampler_batch = match self.upsampler_batch {
-            None => 1,
-            Some(0) => {
-                return Err(Error::invalid(
-                    "upsampler batch",
-                    "0 images per super-resolution call: give 1 or more",
-                ))
-            }
-            Some(n) => n,
-        };
         if self.graph_cache_dir.is_some() && self.device != Device::Cpu {
             return Err(Error::invalid(
                 "graph cache",
@@ -295,12 +284,13 @@ impl RuntimeBuilder {
             spinning: state.spinning,
             device: self.device,
             precision,
+            auto_precision: requested == Precision::Auto,
             tensorrt: self.tensorrt,
             openvino: self.openvino,
             low_memory: self.low_memory,
             prepacking: self.prepacking,
-            upsampler_batch,
             graph_cache_dir: self.graph_cache_dir,
+            capture_dir: self.capture_dir,
         })
     }
 }
@@ -340,9 +330,20 @@ impl Runtime {
         &self.environment
     }
 
-    /// The precision the device runs at ([`Precision::Auto`] resolved).
+    /// The precision the device runs at ([`Precision::Auto`] resolved). A pipeline may run
+    /// another: [`crate::Pipeline::precision`].
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether [`Runtime::precision`] was chosen by [`Precision::Auto`].
+    pub fn is_auto_precision(&self) -> bool {
+        self.auto_precision
+    }
+
+    /// Where model inputs are captured ([`RuntimeBuilder::capture_model_inputs`]), if anywhere.
+    pub fn capture_dir(&self) -> Option<&std::path::Path> {
+        self.capture_dir.as_deref()
     }
 
     /// Whether sessions live only while their stage runs ([`RuntimeBuilder::low_memory`]).
@@ -353,11 +354,6 @@ impl Runtime {
     /// Whether sessions pre-pack their constant weights ([`RuntimeBuilder::prepacking`]).
     pub fn prepacking(&self) -> bool {
         self.prepacking
-    }
-
-    /// The most images one super-resolution call takes ([`RuntimeBuilder::upsampler_batch`]).
-    pub fn upsampler_batch(&self) -> usize {
-        self.upsampler_batch
     }
 
     /// Where optimized graphs are kept ([`RuntimeBuilder::graph_cache_dir`]), if anywhere.

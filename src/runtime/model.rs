@@ -15,6 +15,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use super::graph_cache::{self, CachedGraph};
 use super::{openvino, ort_error, tensorrt, Device, Precision, Runtime};
 use crate::bundle::{Dim, ModelEntry, TensorSpec};
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 /// A tensor fed to a model.
@@ -112,6 +113,11 @@ impl Model {
         &self.name
     }
 
+    /// The ONNX file it was loaded from (the model's int8 file at [`Precision::Int8`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Declared inputs.
     pub fn inputs(&self) -> &[TensorSpec] {
         &self.entry.inputs
@@ -147,6 +153,9 @@ impl Model {
             ));
         }
         let context = || format!("running {}", self.name);
+        if let Some(dir) = self.runtime.capture_dir() {
+            self.capture(dir, inputs)?;
+        }
         // Non-contiguous views are copied once into standard layout; contiguous ones are borrowed.
         let f32s: Vec<Option<CowArray<'_, f32, IxDyn>>> = inputs
             .iter()
@@ -208,6 +217,26 @@ impl Model {
         self.run_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(result)
+    }
+}
+
+impl Model {
+    /// Writes one call's inputs as `.npy` ([`super::RuntimeBuilder::capture_model_inputs`]).
+    fn capture(&self, dir: &Path, inputs: &[Input<'_>]) -> Result<()> {
+        let call = dir.join(&self.name).join(format!(
+            "{}_{:06}",
+            std::process::id(),
+            self.runs.load(Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&call).map_err(|e| Error::io(&call, e))?;
+        for (spec, input) in self.entry.inputs.iter().zip(inputs) {
+            let tensor = match input {
+                Input::F32(a) => Tensor::F32(a.to_owned()),
+                Input::I64(a) => Tensor::I64(a.to_owned()),
+            };
+            crate::npy::write(&call.join(format!("{}.npy", spec.name)), &tensor)?;
+        }
+        Ok(())
     }
 }
 

@@ -110,7 +110,8 @@ pub fn openvino_session_options(
     let hint = match precision {
         Precision::Bf16 => "bf16",
         Precision::Fp16 => "f16",
-        Precision::F32 | Precision::Auto => "f32",
+        // int8 is refused on OpenVINO at build (resolve_precision)
+        Precision::F32 | Precision::Int8 | Precision::Auto => "f32",
     };
     config.insert("INFERENCE_PRECISION_HINT".into(), hint.into());
     if openvino_device_type(target) == OpenVinoDeviceType::Cpu {

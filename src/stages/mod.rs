@@ -109,24 +109,23 @@ pub(crate) fn report(
     }
 }
 
-/// Loads models by bundle key, once each (super_res_first and _last may be the same model).
+/// Loads models by bundle key, once each (super_res_first and _last may be the same model):
+/// their int8 quantizations when `int8` and they have one.
 pub(crate) struct ModelCache<'a> {
     runtime: &'a Runtime,
     bundle: &'a Bundle,
+    int8: bool,
     loaded: HashMap<String, Arc<Model>>,
 }
 
 impl<'a> ModelCache<'a> {
-    pub(crate) fn new(runtime: &'a Runtime, bundle: &'a Bundle) -> Self {
+    pub(crate) fn new(runtime: &'a Runtime, bundle: &'a Bundle, int8: bool) -> Self {
         ModelCache {
             runtime,
             bundle,
+            int8,
             loaded: HashMap::new(),
         }
-    }
-
-    pub(crate) fn runtime(&self) -> &Runtime {
-        self.runtime
     }
 
     /// The model under bundle key `key`, loaded for calls of up to `profile.max` rows.
@@ -134,12 +133,12 @@ impl<'a> ModelCache<'a> {
         if let Some(model) = self.loaded.get(key) {
             return Ok(model.clone());
         }
-        let entry = self.bundle.model(key)?;
+        let entry = self.bundle.model_for(key, self.int8)?;
         let model = Arc::new(Model::load(
             self.runtime,
             key,
             &self.bundle.resolve(&entry.file)?,
-            entry,
+            &entry,
             profile,
         )?);
         self.loaded.insert(key.to_string(), model.clone());

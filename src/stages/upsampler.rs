@@ -34,7 +34,7 @@ pub struct Upsampler {
     scheduler: SchedulerConfig,
     sample_size: usize,
     channels: usize,
-    /// Most images per model call ([`crate::runtime::RuntimeBuilder::upsampler_batch`]).
+    /// Most images per model call ([`crate::pipeline::LoadOptions::upsampler_batch`]).
     call_batch: usize,
     pub default_steps: usize,
 }
@@ -49,9 +49,9 @@ impl Upsampler {
         models: &mut ModelCache<'_>,
         entry: &UpsamplerEntry,
         bundle: &Bundle,
+        call_batch: usize,
     ) -> Result<Self> {
-        // calls carry up to `upsampler_batch` images, no guidance
-        let call_batch = models.runtime().upsampler_batch();
+        // calls carry up to `call_batch` images, no guidance
         let profile = BatchProfile::new(1, call_batch.min(super::MAX_BATCH));
         Ok(Upsampler {
             name: entry.name.clone(),

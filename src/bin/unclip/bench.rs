@@ -93,9 +93,9 @@ pub(crate) fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let report = json!({
         "model": pipeline.bundle().manifest.name,
         "device": pipeline.runtime().device().to_string(),
-        "precision": pipeline.runtime().precision().to_string(),
+        "precision": pipeline.precision().to_string(),
         "low_memory": pipeline.runtime().is_low_memory(),
-        "upsampler_batch": pipeline.runtime().upsampler_batch(),
+        "upsampler_batch": pipeline.options().upsampler_batch,
         "ort_version": pipeline.runtime().ort_version(),
         "threads": pipeline.runtime().threads(),
         "spinning": pipeline.runtime().spinning(),

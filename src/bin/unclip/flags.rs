@@ -9,7 +9,7 @@ use unclip::bundle::Bundle;
 use unclip::pipeline::TextToImage;
 use unclip::runtime::{OpenVinoOptions, Precision, TensorRtOptions};
 use unclip::schedulers::SchedulerKind;
-use unclip::{npy, Device, Pipeline, RngKind, Runtime};
+use unclip::{npy, Device, LoadOptions, Pipeline, RngKind, Runtime};
 
 #[derive(Args, Clone)]
 pub(crate) struct RuntimeArgs {
@@ -20,8 +20,10 @@ pub(crate) struct RuntimeArgs {
     /// cpu, cuda[:N], tensorrt[:N] or openvino[:CPU|GPU[.N]|NPU] (README "Devices and precision").
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
-    /// f32 (exact, the default), bf16 (OpenVINO CPU), fp16 (TensorRT, OpenVINO GPU/NPU) or auto
-    /// (the fastest the device has: bf16 on OpenVINO with AMX or AVX-512-BF16).
+    /// f32 (exact, the default), bf16 (OpenVINO CPU), fp16 (TensorRT, OpenVINO GPU/NPU), int8
+    /// (CPU, the bundle's int8 models) or auto (the fastest the device has: bf16 on OpenVINO
+    /// with AMX or AVX-512-BF16; int8 on the CPU with VNNI when the bundle's int8 models passed
+    /// their fidelity check).
     #[arg(long, default_value = "f32")]
     pub(crate) precision: String,
     /// OpenVINO: compiled-model cache directory, so a second load skips compilation
@@ -57,6 +59,10 @@ pub(crate) struct RuntimeArgs {
     /// images). Memory grows with it; raise it on a GPU.
     #[arg(long)]
     pub(crate) upsampler_batch: Option<usize>,
+    /// Write every model call's inputs as .npy under DIR (calibration data for
+    /// export/quantize_bundle.py).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) capture_model_inputs: Option<PathBuf>,
     /// Path of libonnxruntime (default: ORT_DYLIB_PATH, then the usual places; see README).
     #[arg(long)]
     pub(crate) ort_lib: Option<PathBuf>,
@@ -216,11 +222,11 @@ pub(crate) fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
         .low_memory(args.low_memory)
         .spinning(args.spin)
         .prepacking(!args.no_prepack);
-    if let Some(images) = args.upsampler_batch {
-        builder = builder.upsampler_batch(images);
-    }
     if let Some(dir) = graph_cache {
         builder = builder.graph_cache_dir(dir);
+    }
+    if let Some(dir) = &args.capture_model_inputs {
+        builder = builder.capture_model_inputs(dir);
     }
     if let Some(lib) = &args.ort_lib {
         builder = builder.library(lib);
@@ -234,12 +240,21 @@ pub(crate) fn runtime(args: &RuntimeArgs) -> Result<Runtime> {
     Ok(builder.build()?)
 }
 
+/// What the flags fix for the pipeline's lifetime.
+pub(crate) fn load_options(args: &RuntimeArgs) -> LoadOptions {
+    let mut options = LoadOptions::default();
+    if let Some(images) = args.upsampler_batch {
+        options.upsampler_batch = images;
+    }
+    options
+}
+
 pub(crate) fn load(args: &RuntimeArgs) -> Result<Pipeline> {
     let model = crate::models::bundle_dir(args.model.as_deref())?;
     let runtime = runtime(args)?;
     let verification = unclip::verify::Verification::new(args.verify);
     Bundle::open_with(&model, &verification)
-        .and_then(|bundle| Pipeline::from_bundle(&runtime, bundle))
+        .and_then(|bundle| Pipeline::from_bundle_with(&runtime, bundle, &load_options(args)))
         .with_context(|| format!("loading bundle {}", model.display()))
 }
 

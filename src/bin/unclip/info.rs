@@ -16,6 +16,42 @@ pub(crate) fn shape_string(shape: &[Dim]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
+/// The precisions the bundle runs at on the CPU device, and how its int8 models were made.
+fn precisions(bundle: &Bundle) -> String {
+    if !bundle.has_int8() {
+        return "f32 (no int8 models: export/quantize_bundle.py makes them)".into();
+    }
+    let int8 = bundle
+        .manifest
+        .quantization
+        .as_ref()
+        .and_then(|q| q.get("int8"));
+    let text = |pointer: &str| {
+        int8.and_then(|q| q.pointer(pointer))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let calibration = format!(
+        "calibrated on {} prompts x seeds {} at {} steps, {} calls per model",
+        int8.and_then(|q| q.pointer("/calibration/prompts"))
+            .and_then(|p| p.as_array())
+            .map_or(0, |p| p.len()),
+        text("/calibration/seeds"),
+        text("/calibration/steps"),
+        text("/calibration/samples_per_model"),
+    );
+    let fidelity = match int8.and_then(|q| q.get("fidelity")) {
+        Some(_) => format!(
+            "fidelity vs f32: mean pixel difference {} (max {}), passed {}",
+            text("/fidelity/pixel_diff_mean"),
+            text("/fidelity/pixel_diff_max"),
+            text("/fidelity/passed")
+        ),
+        None => "fidelity not measured (auto keeps f32)".into(),
+    };
+    format!("f32, int8 ({calibration}; {fidelity})")
+}
+
 pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
     let dir = crate::models::bundle_dir(model.as_deref())?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
@@ -79,9 +115,13 @@ pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
             class(&up.scheduler)
         );
     }
+    println!("precisions {}", precisions(&bundle));
     println!("models:");
     for (key, entry) in &m.models {
-        println!("  {key} ({})", entry.file);
+        match &entry.int8 {
+            Some(int8) => println!("  {key} ({}; int8 {})", entry.file, int8.file),
+            None => println!("  {key} ({})", entry.file),
+        }
         for spec in &entry.inputs {
             println!(
                 "    in  {:<28} {:<8} {}",

@@ -9,6 +9,7 @@ mod info;
 mod models;
 mod output;
 mod progress;
+mod reproduce;
 #[cfg(feature = "server")]
 mod serve;
 mod sheet;
@@ -53,6 +54,8 @@ enum Command {
     Pca(explore::PcaArgs),
     /// Guidance sweep: one grid over prior × decoder guidance scales, same seed.
     Sweep(explore::SweepArgs),
+    /// Re-make an image from the reproduction record in its PNG.
+    Reproduce(reproduce::ReproduceArgs),
     /// Time every stage over several runs; JSON on stdout.
     Bench(BenchArgs),
     /// HTTP server speaking the OpenAI Images API (see README).
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Textdiff(args) => explore::textdiff(args, cli.quiet),
         Command::Pca(args) => explore::pca(args, cli.quiet),
         Command::Sweep(args) => explore::sweep(args, cli.quiet),
+        Command::Reproduce(args) => reproduce::reproduce(args, cli.quiet),
         Command::Bench(args) => bench(args, cli.quiet),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve(args, cli.quiet),
