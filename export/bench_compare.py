@@ -7,9 +7,10 @@ Run through `scripts/bench-compare`.
         [--modes SUBSTRINGS] [--update] [--out docs/benchmarks] [--title TEXT]
 
 Modes: diffusers fp32 and diffusers bf16 autocast (its fastest CPU setting, `bench_diffusers.py`);
-unclip exact (`--device cpu`, f32) and fast (`--device openvino --precision auto`). A mode that
-cannot run here (the OpenVINO plugin offers Intel devices only) is reported with the reason, never
-replaced by another mode.
+unclip exact (`--device cpu`, f32) and fast: `--device openvino --precision auto` (bf16 on Intel
+CPUs) and `--precision int8` (the CPU device on the bundle's int8 models, export/quantize_bundle.py).
+A mode that cannot run here (the OpenVINO plugin offers Intel devices only; a bundle without int8
+models) is reported with the reason, never replaced by another mode.
 
 Per mode and config: one cold process (load + one generation: the cold start, the image, the
 peak RSS from the kernel's rusage of that child) and one warm process (`unclip bench` /
@@ -166,6 +167,7 @@ def main() -> None:
         "unclip exact (cpu f32)": lambda c, w: unclip_mode(args, c, [], w),
         "unclip exact (cpu f32, --spin)": lambda c, w: unclip_mode(args, c, ["--spin"], w),
         "unclip fast (openvino auto)": lambda c, w: unclip_mode(args, c, ["--device", "openvino", "--precision", "auto"], w),
+        "unclip fast (cpu int8)": lambda c, w: unclip_mode(args, c, ["--precision", "int8"], w),
     }
     if args.modes:
         wanted = [m.strip() for m in args.modes.split(",")]
@@ -204,6 +206,8 @@ def main() -> None:
     if previous is not None and previous.get("fidelity") is not None:
         # measured by export/shapes/eval.py, not here: kept from the previous report
         report["fidelity"] = previous["fidelity"]
+    if previous is not None and previous.get("sections"):
+        report["sections"] = previous["sections"]  # written by hand, kept
     if old is not None:
         measured = {(r["config"], r["mode"]) for r in results}
         # rows from before runs/warmup were recorded per row carry the report's
@@ -359,6 +363,9 @@ def markdown(report: dict) -> str:
                          f"{f['cold_seconds']:.2f} / {f['peak_rss_mib']:.0f} |")
     if report.get("fidelity"):
         lines += fidelity_markdown(report["fidelity"])
+    # Written sections kept in the JSON (e.g. how the fast mode was chosen), so --render keeps them.
+    for section in report.get("sections", []):
+        lines += ["", f"## {section['title']}", "", *section["lines"]]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,7 @@ CPUs without AMX (`--precision int8`, and `--precision auto` on CPUs with VNNI).
     python export/quantize_bundle.py BUNDLE [--out OUT] [--unclip target/release/unclip]
         [--prompts FILE] [--seeds 0,1] [--steps 25/25/7] [--samples 16]
         [--models prior,decoder,super_res_first,...] [--keep-fp32 PATTERN,...] [--fidelity-seeds 100,101]
-        [--max-mean-diff 4.0]
+        [--max-mean-diff 8.0] [--fidelity-only]
 
 Writes `<model>.int8.onnx` (+ `.int8.onnx.data` above 2 GB) beside each quantized model and
 records them in `bundle.json`: each model entry gains an `int8` entry (file, sha256, external
@@ -28,9 +28,11 @@ How (ONNX Runtime's static quantization, `onnxruntime.quantization.quantize_stat
   range.
 - The text encoder, text_proj and the image encoder stay fp32 (small, run once per call).
 - Fidelity: after quantizing, `unclip generate` runs both precisions on `--fidelity-seeds` with
-  prompts other than the calibration's and records the uint8 pixel difference (mean, max) and
-  whether the mean is within `--max-mean-diff`; `--precision auto` uses int8 only for a bundle
-  whose fidelity passed.
+  prompts other than the calibration's and records the uint8 pixel difference (mean, max),
+  whether the mean is within `--max-mean-diff`, and the seconds of each (the speedup on the
+  machine that quantized); `--precision auto` uses int8 only for a bundle whose fidelity passed
+  and whose int8 models were faster there (small models can be slower in int8: the quantize and
+  dequantize steps cost more than the int8 kernels save).
 
 Needs onnx and onnxruntime (`pip install onnx onnxruntime numpy`), no torch.
 """
@@ -187,24 +189,31 @@ def pixel_diff(a: Path, b: Path) -> tuple[float, int]:
 
 
 def fidelity(unclip: Path, bundle: Path, seeds: list[int], steps: str, limit: float) -> dict:
+    """int8 against f32 on FIDELITY_PROMPTS × `seeds`: uint8 pixel differences, and the generation
+    seconds of each precision (cold processes, this machine) for the speedup."""
     prior, decoder, sr = steps.split("/")
     means, maxes = [], []
+    seconds = {"f32": 0.0, "int8": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for k, prompt in enumerate(FIDELITY_PROMPTS):
                 out = {}
                 for precision in ("f32", "int8"):
                     out[precision] = Path(tmp) / f"{seed}_{k}_{precision}.png"
-                    subprocess.run([str(unclip), "generate", prompt, "--model", str(bundle), "--seed", str(seed),
-                                    "--prior-steps", prior, "--decoder-steps", decoder, "--sr-steps", sr,
-                                    "--precision", precision, "-o", str(out[precision]), "--quiet"], check=True)
+                    run = subprocess.run([str(unclip), "generate", prompt, "--model", str(bundle), "--seed", str(seed),
+                                          "--prior-steps", prior, "--decoder-steps", decoder, "--sr-steps", sr,
+                                          "--precision", precision, "-o", str(out[precision]), "--quiet", "--json"],
+                                         check=True, capture_output=True, text=True)
+                    seconds[precision] += json.loads(run.stdout)["seconds"]
                 mean, peak = pixel_diff(out["f32"], out["int8"])
                 means.append(mean)
                 maxes.append(peak)
     mean = sum(means) / len(means)
     return {"prompts": FIDELITY_PROMPTS, "seeds": seeds, "steps": steps,
             "pixel_diff_mean": round(mean, 3), "pixel_diff_max": max(maxes),
-            "max_mean_diff": limit, "passed": mean <= limit}
+            "max_mean_diff": limit, "passed": mean <= limit,
+            "f32_seconds": round(seconds["f32"], 2), "int8_seconds": round(seconds["int8"], 2),
+            "speedup": round(seconds["f32"] / max(seconds["int8"], 1e-9), 2)}
 
 
 def main() -> None:
@@ -220,9 +229,24 @@ def main() -> None:
     ap.add_argument("--keep-fp32", default=",".join(KEEP_FP32), help="node-name substrings left in fp32")
     ap.add_argument("--fidelity-seeds", default="100,101", help="seeds of the fidelity check ('' skips it)")
     ap.add_argument("--fidelity-steps", help="steps of the fidelity check (default: --steps)")
-    ap.add_argument("--max-mean-diff", type=float, default=4.0,
-                    help="mean uint8 pixel difference int8 vs f32 that passes (default 4.0)")
+    # 8 levels: the shapes model's int8 models differ from f32 by 5.0 levels on average at 1024²
+    # (5.4 at 64²) while its paired pixel evaluation finds no significant change in what it draws
+    # (docs/benchmarks-epyc.md); random-weight models, which amplify every error, exceed it.
+    ap.add_argument("--max-mean-diff", type=float, default=8.0,
+                    help="mean uint8 pixel difference int8 vs f32 that passes (default 8.0)")
+    ap.add_argument("--fidelity-only", action="store_true",
+                    help="keep the bundle's int8 models; measure their fidelity and speed again (this machine)")
     args = ap.parse_args()
+    if args.fidelity_only:
+        manifest = bundle_format.check(args.bundle)
+        if "int8" not in manifest.get("quantization", {}):
+            raise SystemExit(f"{args.bundle} has no int8 models to measure")
+        seeds = [int(s) for s in args.fidelity_seeds.split(",") if s]
+        result = fidelity(args.unclip, args.bundle, seeds, args.fidelity_steps or args.steps, args.max_mean_diff)
+        manifest["quantization"]["int8"]["fidelity"] = result
+        bundle_format.write(args.bundle, manifest)
+        print(json.dumps(result))
+        return
 
     manifest = bundle_format.check(args.bundle, hashes=False)
     bundle = args.bundle

@@ -275,17 +275,22 @@ impl Bundle {
         self.manifest.models.values().any(|m| m.int8.is_some())
     }
 
-    /// Whether the exporter's fidelity check of the int8 models passed
-    /// (`quantization.int8.fidelity.passed`): what `--precision auto` requires to pick them.
-    pub fn int8_fidelity_passed(&self) -> bool {
-        self.has_int8()
-            && self
-                .manifest
+    /// Whether `--precision auto` takes the int8 models: the exporter's fidelity check passed
+    /// (`quantization.int8.fidelity.passed`) and int8 was faster than f32 there
+    /// (`fidelity.speedup` above 1; small models can be slower in int8).
+    pub fn int8_preferred(&self) -> bool {
+        let fidelity = |key: &str| {
+            self.manifest
                 .quantization
                 .as_ref()
-                .and_then(|q| q.pointer("/int8/fidelity/passed"))
-                .and_then(|v| v.as_bool())
-                == Some(true)
+                .and_then(|q| q.pointer(&format!("/int8/fidelity/{key}")))
+                .cloned()
+        };
+        self.has_int8()
+            && fidelity("passed").and_then(|v| v.as_bool()) == Some(true)
+            && fidelity("speedup")
+                .and_then(|v| v.as_f64())
+                .is_some_and(|s| s > 1.0)
     }
 
     /// The entry of model `key` to load: its int8 quantization when `int8` and the model has one

@@ -107,12 +107,21 @@ fn auto_takes_int8_only_where_vnni_runs_it_and_the_fidelity_check_passed() {
     assert!(runtime.is_auto_precision());
     // the tiny bundle's int8 models failed their fidelity check (random weights): f32
     let bundle = unclip::Bundle::open(common::tiny_bundle()).unwrap();
-    assert!(bundle.has_int8() && !bundle.int8_fidelity_passed());
+    assert!(bundle.has_int8() && !bundle.int8_preferred());
     let tiny = Pipeline::load(&runtime, common::tiny_bundle()).unwrap();
     assert_eq!(tiny.precision(), Precision::F32);
     assert_eq!(
         tiny.prior().model().path().file_name().unwrap(),
         "prior.onnx"
+    );
+    // the shapes model's passed, and were faster: auto runs them where VNNI is
+    let shapes_dir = common::repo().join("models/shapes");
+    let shapes = unclip::Bundle::open(&shapes_dir).unwrap();
+    assert!(shapes.int8_preferred());
+    let pipeline = Pipeline::load(&runtime, &shapes_dir).unwrap();
+    assert_eq!(
+        pipeline.precision(),
+        if vnni { Precision::Int8 } else { Precision::F32 }
     );
 }
 

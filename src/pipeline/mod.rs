@@ -69,7 +69,7 @@ pub struct Pipeline {
 /// What the pipeline of `bundle` runs at on `runtime` (see [`Pipeline::precision`]).
 fn pipeline_precision(runtime: &Runtime, bundle: &Bundle) -> Result<Precision> {
     match runtime.precision() {
-        Precision::Int8 if runtime.is_auto_precision() => Ok(if bundle.int8_fidelity_passed() {
+        Precision::Int8 if runtime.is_auto_precision() => Ok(if bundle.int8_preferred() {
             Precision::Int8
         } else {
             Precision::F32
@@ -166,7 +166,8 @@ impl Pipeline {
     }
 
     /// The precision its models run at: the runtime's, except that [`Precision::Auto`] on the
-    /// CPU device runs f32 for a bundle without int8 models that passed their fidelity check.
+    /// CPU device runs f32 for a bundle whose int8 models are absent, failed their fidelity
+    /// check or were not faster ([`Bundle::int8_preferred`]).
     pub fn precision(&self) -> Precision {
         self.precision
     }

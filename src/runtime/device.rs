@@ -104,8 +104,8 @@ pub enum Precision {
     Int8,
     /// The fastest precision the device has: bf16 on OpenVINO CPUs with AMX or AVX-512-BF16
     /// (else f32), f16 on OpenVINO GPU/NPU and TensorRT, f32 on CUDA; on the CPU device int8
-    /// where the CPU has VNNI and the bundle has int8 models whose fidelity check passed, else
-    /// f32.
+    /// where the CPU has VNNI and the bundle's int8 models passed their fidelity check and were
+    /// faster when quantized ([`crate::Bundle::int8_preferred`]), else f32.
     Auto,
 }
 

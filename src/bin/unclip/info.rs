@@ -42,10 +42,13 @@ fn precisions(bundle: &Bundle) -> String {
     );
     let fidelity = match int8.and_then(|q| q.get("fidelity")) {
         Some(_) => format!(
-            "fidelity vs f32: mean pixel difference {} (max {}), passed {}",
+            "fidelity vs f32: mean pixel difference {} (max {}), passed {}, {}x the f32 speed \
+             where quantized; auto takes int8: {}",
             text("/fidelity/pixel_diff_mean"),
             text("/fidelity/pixel_diff_max"),
-            text("/fidelity/passed")
+            text("/fidelity/passed"),
+            text("/fidelity/speedup"),
+            bundle.int8_preferred()
         ),
         None => "fidelity not measured (auto keeps f32)".into(),
     };
