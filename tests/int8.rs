@@ -121,7 +121,11 @@ fn auto_takes_int8_only_where_vnni_runs_it_and_the_fidelity_check_passed() {
     let pipeline = Pipeline::load(&runtime, &shapes_dir).unwrap();
     assert_eq!(
         pipeline.precision(),
-        if vnni { Precision::Int8 } else { Precision::F32 }
+        if vnni {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
     );
 }
 
