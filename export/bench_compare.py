@@ -134,8 +134,8 @@ def unclip_mode(args, config: dict, device_flags: list[str], work: Path) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path, help="Karlo-layout diffusers checkpoint")
-    ap.add_argument("bundle", type=Path, help="the unclip bundle exported from it")
+    ap.add_argument("checkpoint", type=Path, nargs="?", help="Karlo-layout diffusers checkpoint")
+    ap.add_argument("bundle", type=Path, nargs="?", help="the unclip bundle exported from it")
     ap.add_argument("--unclip", default=str(REPO / "target" / "release" / "unclip"))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=2)
@@ -155,6 +155,8 @@ def main() -> None:
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return
+    if args.checkpoint is None or args.bundle is None:
+        ap.error("CHECKPOINT and BUNDLE are required (only --render runs without them)")
     import numpy as np
 
     previous = args.out.with_suffix(".json")
