@@ -2,7 +2,7 @@
 CPUs without AMX (`--precision int8`, and `--precision auto` on CPUs with VNNI).
 
     python export/quantize_bundle.py BUNDLE [--out OUT] [--unclip target/release/unclip]
-        [--prompts FILE] [--seeds 0,1] [--steps 25/25/7] [--samples 16]
+        [--prompts FILE] [--seeds 0,1] [--steps 25/25/7] [--samples 16] [--capture-dir DIR]
         [--models prior,decoder,super_res_first,...] [--keep-fp32 PATTERN,...] [--fidelity-seeds 100,101]
         [--max-mean-diff 8.0] [--fidelity-only]
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -219,7 +218,10 @@ def fidelity(unclip: Path, bundle: Path, seeds: list[int], steps: str, limit: fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--out", type=Path, help="write a copy here (files hard-linked) instead of changing BUNDLE")
+    ap.add_argument("--out", type=Path, help="write a copy here instead of changing BUNDLE")
+    ap.add_argument("--capture-dir", type=Path,
+                    help="keep the captured calibration inputs here, and reuse them when it holds some "
+                         "(default: a temporary directory)")
     ap.add_argument("--unclip", type=Path, default=REPO / "target" / "release" / "unclip")
     ap.add_argument("--prompts", type=Path, help="calibration prompts, one per line (default: built in)")
     ap.add_argument("--seeds", default="0,1", help="calibration seeds (default 0,1)")
@@ -251,12 +253,13 @@ def main() -> None:
     manifest = bundle_format.check(args.bundle, hashes=False)
     bundle = args.bundle
     if args.out:
+        # copied, not hard-linked: onnx refuses external data files with several links
         args.out.mkdir(parents=True, exist_ok=True)
         for item in args.bundle.iterdir():
             if item.is_file() and item.name != bundle_format.MANIFEST:
                 target = args.out / item.name
                 if not target.exists():
-                    os.link(item, target)
+                    shutil.copyfile(item, target)
         shutil.copy(args.bundle / bundle_format.MANIFEST, args.out / bundle_format.MANIFEST)
         bundle = args.out
     prompts = (args.prompts.read_text().splitlines() if args.prompts else CALIBRATION_PROMPTS)
@@ -272,10 +275,13 @@ def main() -> None:
 
     report = {}
     with tempfile.TemporaryDirectory(dir=bundle) as tmp:
-        root = Path(tmp)
+        root = args.capture_dir or Path(tmp)
         started = time.perf_counter()
-        capture(args.unclip, bundle, prompts, seeds, args.steps, root)
-        print(f"captured calibration inputs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if args.capture_dir and any(args.capture_dir.glob("*/*")):
+            print(f"reusing the calibration inputs in {root}", file=sys.stderr)
+        else:
+            capture(args.unclip, bundle, prompts, seeds, args.steps, root)
+            print(f"captured calibration inputs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         for key in keys:
             entry = manifest["models"][key]
             src = bundle / entry["file"]

@@ -2460,8 +2460,8 @@ fn e50_memory_budget_too_small() {
 #[test]
 fn e51_precision_not_on_device() {
     let expected =
-        "invalid precision: bf16 on cpu: ONNX Runtime's CPU provider runs the exact f32 \
-                    mode only; the fast bf16 mode is --device openvino --precision bf16 (or auto)";
+        "invalid precision: bf16 on cpu: ONNX Runtime's CPU provider runs f32 and int8 models; \
+                    the bf16 mode is --device openvino --precision bf16 (or auto)";
     let mut args = vec![
         "-q",
         "generate",
@@ -2485,11 +2485,26 @@ fn e51_precision_not_on_device() {
         "--model",
         tiny(),
         "--precision",
+        "int4",
+    ]);
+    assert_cli_error(
+        &output,
+        "invalid precision: \"int4\": choose f32, bf16, fp16, int8 or auto",
+    );
+    let output = cli(&[
+        "-q",
+        "generate",
+        "x",
+        "--model",
+        tiny(),
+        "--device",
+        "cuda",
+        "--precision",
         "int8",
     ]);
     assert_cli_error(
         &output,
-        "invalid precision: \"int8\": choose f32, bf16, fp16 or auto",
+        "invalid precision: int8 on cuda:0: int8 models run on --device cpu",
     );
     c_runtime();
     let mut params = runtime_params();
