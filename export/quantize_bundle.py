@@ -276,6 +276,7 @@ def main() -> None:
     report = {}
     with tempfile.TemporaryDirectory(dir=bundle) as tmp:
         root = args.capture_dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         if args.capture_dir and any(args.capture_dir.glob("*/*")):
             print(f"reusing the calibration inputs in {root}", file=sys.stderr)
