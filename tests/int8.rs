@@ -80,7 +80,7 @@ fn int8_loads_the_quantized_models_and_stays_near_f32() {
             .map(|(p, q)| (*p as f64 - *q as f64).abs())
             .sum::<f64>()
             / x.as_raw().len() as f64;
-        assert!(diff > 0.0 && diff < 16.0, "mean pixel difference {diff}");
+        assert!(diff > 0.0 && diff < 20.0, "mean pixel difference {diff}");
     }
     // int8 is deterministic on one machine: the same call gives the same bytes
     let again = int8
