@@ -24,6 +24,12 @@ FORMAT = "unclip-bundle"
 # The manifest version written here and read by src/bundle.rs (`FORMAT_VERSION`): a loader
 # refuses any other version, so a change of the format that an older unclip cannot read bumps it.
 FORMAT_VERSION = 1
+# Version 2 adds `family`: "kandinsky2.2" (export_bundle.py DECODER_DIR OUT --prior PRIOR_DIR), a
+# latent decoder with MoVQ instead of text_proj and upsamplers. Karlo-layout bundles stay version 1,
+# so every bundle an older unclip could read still reads; this unclip's runtime does not run
+# version 2 yet (the Rust loader refuses it with a version error naming the version it reads).
+KANDINSKY_FORMAT_VERSION = 2
+KANDINSKY = "kandinsky2.2"
 MANIFEST = "bundle.json"
 # Top-level keys in the order export_bundle.py writes them; `image_encoder` is absent when the
 # checkpoint has no image tower, `quantization` until quantize_bundle.py adds int8 models.
@@ -33,6 +39,10 @@ KEYS = (
     "quantization",
 )
 OPTIONAL_KEYS = {"source", "exporter", "image_encoder", "quantization"}
+KANDINSKY_KEYS = (
+    "format", "format_version", "family", "name", "source", "exporter", "dtype", "embedding_dim", "tokenizer",
+    "image_processor", "models", "text_encoder", "image_encoder", "prior", "decoder", "quantization",
+)
 DTYPES = ("float32", "float16")
 
 
@@ -67,6 +77,21 @@ def manifest(*, name: str, source: str, exporter: dict, dtype: str, embedding_di
     return parts
 
 
+def kandinsky_manifest(*, name: str, source: str, exporter: dict, dtype: str, embedding_dim: int, tokenizer: dict,
+                       image_processor: dict, models: dict, text_encoder: dict, image_encoder: dict, prior: dict,
+                       decoder: dict) -> dict:
+    """The `bundle.json` object of a `kandinsky2.2` bundle (format version 2), keys in the written
+    order. `prior.negative_image_embed` is the zero-image embedding file; `decoder` names the latent
+    UNet (`model`), `movq_decoder` and `movq_encoder`, with `latent_channels`, `out_channels`,
+    `movq_scale_factor` and `default_size`."""
+    return {
+        "format": FORMAT, "format_version": KANDINSKY_FORMAT_VERSION, "family": KANDINSKY, "name": name,
+        "source": source, "exporter": exporter, "dtype": dtype, "embedding_dim": embedding_dim,
+        "tokenizer": tokenizer, "image_processor": image_processor, "models": models, "text_encoder": text_encoder,
+        "image_encoder": image_encoder, "prior": prior, "decoder": decoder,
+    }
+
+
 def dumps(manifest_object: dict) -> str:
     """The exact text written to `bundle.json` (its sha256 identifies the model in PNG metadata)."""
     return json.dumps(manifest_object, indent=2) + "\n"
@@ -82,6 +107,9 @@ def files(manifest_object: dict) -> list[tuple[str, str]]:
     """Every (file, sha256) the manifest lists: the tokenizer, each model and its external data,
     then its int8 model's (the order of `Bundle::files`)."""
     listed = [(manifest_object["tokenizer"]["file"], manifest_object["tokenizer"]["sha256"])]
+    negative = manifest_object["prior"].get("negative_image_embed")
+    if negative is not None:
+        listed.append((negative["file"], negative["sha256"]))
     for entry in manifest_object["models"].values():
         for part in (entry, entry.get("int8")):
             if part is None:
@@ -94,6 +122,9 @@ def files(manifest_object: dict) -> list[tuple[str, str]]:
 def stage_models(manifest_object: dict) -> list[str]:
     """The model keys that stages refer to."""
     m = manifest_object
+    if m.get("family") == KANDINSKY:
+        return [m["text_encoder"]["model"], m["image_encoder"]["model"], m["prior"]["model"], m["decoder"]["model"],
+                m["decoder"]["movq_decoder"], m["decoder"]["movq_encoder"]]
     keys = [m["text_encoder"]["model"], m["prior"]["model"], m["decoder"]["model"],
             m["decoder"]["text_proj"], m["decoder"]["text_proj_cfg"]]
     if m.get("image_encoder") is not None:
@@ -123,9 +154,14 @@ def problems(bundle_dir: Path, hashes: bool = True) -> list[str]:
     version = m.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         return [f"{path}: `format_version` missing or not an integer"]
-    if version != FORMAT_VERSION:
-        return [f"{path}: format_version {version}, this exporter and unclip read {FORMAT_VERSION}"]
-    missing = [k for k in KEYS if k not in m and k not in OPTIONAL_KEYS]
+    if version == KANDINSKY_FORMAT_VERSION and m.get("family") == KANDINSKY:
+        keys = KANDINSKY_KEYS
+    elif version != FORMAT_VERSION:
+        return [f"{path}: format_version {version}, this exporter reads {FORMAT_VERSION} "
+                f"and {KANDINSKY_FORMAT_VERSION} (family {KANDINSKY!r})"]
+    else:
+        keys = KEYS
+    missing = [k for k in keys if k not in m and k not in OPTIONAL_KEYS]
     if missing:
         return [f"{path}: missing field(s) {', '.join(missing)}"]
     found = []

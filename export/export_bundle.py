@@ -5,6 +5,13 @@
                                    [--external-data auto|always|never] [--name NAME]
                                    [--no-image-encoder] [--prior-guidance-scale F]
                                    [--decoder-guidance-scale F]
+    python export/export_bundle.py DECODER_DIR OUT_DIR --prior PRIOR_DIR [--fp16] [--opset N] [--name NAME]
+
+The second form exports Kandinsky 2.2 (the decoder and prior checkpoints as diffusers saves
+`KandinskyV22Pipeline` and `KandinskyV22PriorPipeline`) into a bundle of family `kandinsky2.2`
+(format version 2, `bundle_format.py`): text and image encoders, the prior, the latent UNet, the
+MoVQ decoder and encoder as their own models, and the image encoder's embedding of an all-zero
+image (the negative embedding without a negative prompt, diffusers' `get_zero_embed`) as a tensor.
 
 Every component becomes one ONNX file with a dynamic batch dimension (torch's legacy TorchScript
 exporter: the one that works for every unCLIP component). Each file is checked in ONNX
@@ -43,6 +50,8 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 
 # Karlo's sampling defaults (diffusers UnCLIPPipeline.__call__ signature).
 DEFAULTS = {"prior": (25, 4.0), "decoder": (25, 8.0), "super_res": (7, None)}
+# Kandinsky 2.2's (KandinskyV22PriorPipeline / KandinskyV22Pipeline.__call__).
+KANDINSKY_DEFAULTS = {"prior": (25, 4.0), "decoder": (100, 4.0), "size": 512}
 
 
 # ---- wrappers: plain tensors in, plain tensors out, names fixed by the bundle format ----------
@@ -123,6 +132,43 @@ class SuperRes(torch.nn.Module):
 
     def forward(self, sample, timestep):
         return self.model(sample=sample, timestep=timestep).sample
+
+
+class LatentUNet(torch.nn.Module):
+    """Kandinsky 2.2's decoder UNet: conditioned through `added_cond_kwargs["image_embeds"]` only
+    (`addition_embed_type="image"`, `encoder_hid_dim_type="image_proj"`), as
+    `KandinskyV22Pipeline.__call__` calls it; 8 output channels (ε and the learned variance)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, image_embeds):
+        return self.model(sample=sample, timestep=timestep, encoder_hidden_states=None,
+                          added_cond_kwargs={"image_embeds": image_embeds}).sample
+
+
+class MovqDecoder(torch.nn.Module):
+    """`VQModel.decode(latents, force_not_quantize=True)`: no codebook lookup; the latents are also
+    the SpatialNorm condition of every decoder block (`vq_model.py`, `vae.py` Decoder)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latents):
+        return self.model.decode(latents, force_not_quantize=True).sample
+
+
+class MovqEncoder(torch.nn.Module):
+    """`VQModel.encode(image).latents`: before quantization, unscaled (img2img's start)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model.encode(image).latents
 
 
 # ---- export machinery --------------------------------------------------------------------------
@@ -363,15 +409,27 @@ def main() -> None:
     ap.add_argument("--quantize", choices=["int8"],
                     help="then add int8 models with export/quantize_bundle.py (its default calibration; "
                          "run that script for its options)")
-    ap.add_argument("--prior-guidance-scale", type=float, default=DEFAULTS["prior"][1],
-                    help=f"the bundle's default prior guidance (default {DEFAULTS['prior'][1]:g}, Karlo's)")
-    ap.add_argument("--decoder-guidance-scale", type=float, default=DEFAULTS["decoder"][1],
-                    help=f"the bundle's default decoder guidance (default {DEFAULTS['decoder'][1]:g}, Karlo's; "
+    ap.add_argument("--prior-guidance-scale", type=float,
+                    help=f"the bundle's default prior guidance (default {DEFAULTS['prior'][1]:g}, Karlo's and "
+                         "Kandinsky's)")
+    ap.add_argument("--prior", type=Path,
+                    help="Kandinsky 2.2: the prior checkpoint (KandinskyV22PriorPipeline); CHECKPOINT is then "
+                         "the decoder's (KandinskyV22Pipeline)")
+    ap.add_argument("--decoder-guidance-scale", type=float,
+                    help=f"the bundle's default decoder guidance (default {DEFAULTS['decoder'][1]:g}, Karlo's, "
+                         f"or {KANDINSKY_DEFAULTS['decoder'][1]:g}, Kandinsky's; "
                          "the shapes model's is chosen by export/shapes/eval.py's sweep)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
+    if args.prior is not None:
+        export_kandinsky(args)
+        return
+    if args.prior_guidance_scale is None:
+        args.prior_guidance_scale = DEFAULTS["prior"][1]
+    if args.decoder_guidance_scale is None:
+        args.decoder_guidance_scale = DEFAULTS["decoder"][1]
     register_text_proj()
     import diffusers
     import transformers
@@ -602,6 +660,165 @@ def main() -> None:
     if args.quantize == "int8":
         subprocess.run([sys.executable, str(Path(__file__).with_name("quantize_bundle.py")), str(out)], check=True)
     print(json.dumps(summary))
+
+
+def export_kandinsky(args) -> None:
+    """`DECODER_DIR OUT --prior PRIOR_DIR`: a `kandinsky2.2` bundle (see the module docstring)."""
+    import diffusers
+    import transformers
+    from diffusers import PriorTransformer, UNet2DConditionModel, VQModel
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    decoder_dir, prior_dir, out = args.checkpoint, args.prior, args.out
+    for ckpt, cls in ((decoder_dir, "KandinskyV22Pipeline"), (prior_dir, "KandinskyV22PriorPipeline")):
+        index = ckpt / "model_index.json"
+        if not index.exists():
+            raise SystemExit(f"{ckpt} is not a diffusers checkpoint (no model_index.json)")
+        found = json.loads(index.read_text()).get("_class_name")
+        if found != cls:
+            raise SystemExit(f"{ckpt}: model_index.json says {found}, expected {cls}")
+    out.mkdir(parents=True, exist_ok=True)
+    ex = Exporter(out, args.opset, args.fp16, args.external_data)
+    started = time.time()
+    print(f"exporting {decoder_dir} + {prior_dir} -> {out}", flush=True)
+
+    def load(cls, ckpt, sub):
+        return cls.from_pretrained(ckpt / sub, torch_dtype=torch.float32).eval()
+
+    batch0 = {0: "batch"}
+    tokenizer = AutoTokenizer.from_pretrained(prior_dir / "tokenizer")
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    max_length = int(tokenizer.model_max_length)
+
+    # -- text encoder: ids only, as KandinskyV22PriorPipeline._encode_prompt calls it
+    text_encoder = load(CLIPTextModelWithProjection, prior_dir, "text_encoder")
+    vocab = text_encoder.config.vocab_size
+
+    def ids(b):
+        return {"input_ids": torch.randint(0, vocab, (b, max_length), dtype=torch.int64)}
+
+    ex.export("text_encoder", TextEncoder(text_encoder), ids(TRACE_BATCH), ["text_embeds", "last_hidden_state"],
+              {"input_ids": batch0, "text_embeds": batch0, "last_hidden_state": batch0}, ids)
+    dim = text_encoder.config.projection_dim
+    text_hidden = text_encoder.config.hidden_size
+    del text_encoder
+
+    # -- image encoder, and its embedding of an all-zero image (`get_zero_embed`: zeros fed raw,
+    # without CLIP's normalization), stored as a tensor: a constant of the weights
+    image_encoder = load(CLIPVisionModelWithProjection, prior_dir, "image_encoder")
+    image_size = image_encoder.config.image_size
+
+    def pixels(b):
+        return {"pixel_values": torch.randn(b, 3, image_size, image_size)}
+
+    ex.export("image_encoder", ImageEncoder(image_encoder), pixels(TRACE_BATCH), ["image_embeds"],
+              {"pixel_values": batch0, "image_embeds": batch0}, pixels)
+    with torch.no_grad():
+        zero = image_encoder(torch.zeros(1, 3, image_size, image_size)).image_embeds[0]
+    np.save(out / "zero_image_embed.npy", zero.numpy().astype(np.float32))
+    del image_encoder
+
+    # -- prior: PriorTransformer as for Karlo (post_process_latents done in Rust)
+    prior = load(PriorTransformer, prior_dir, "prior")
+    num_embeddings = prior.config.num_embeddings
+
+    def prior_inputs(b):
+        mask = torch.ones(b, num_embeddings, dtype=torch.int64)
+        mask[:, torch.randint(1, num_embeddings, (1,)).item():] = 0
+        return {
+            "hidden_states": torch.randn(b, dim),
+            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
+            "proj_embedding": torch.randn(b, dim),
+            "encoder_hidden_states": torch.randn(b, num_embeddings, text_hidden),
+            "attention_mask": mask,
+        }
+
+    ex.export("prior", Prior(prior), prior_inputs(TRACE_BATCH), ["predicted_image_embedding"],
+              {k: batch0 for k in ["hidden_states", "timestep", "proj_embedding", "encoder_hidden_states",
+                                   "attention_mask", "predicted_image_embedding"]}, prior_inputs)
+    clip_mean = prior.clip_mean.detach().reshape(-1).tolist()
+    clip_std = prior.clip_std.detach().reshape(-1).tolist()
+    del prior
+
+    # -- MoVQ first: its scale factor sets the latent sizes of the UNet's checks
+    movq = load(VQModel, decoder_dir, "movq")
+    factor = 2 ** (len(movq.config.block_out_channels) - 1)
+    channels = movq.config.latent_channels
+    spatial = {0: "batch", 2: "height", 3: "width"}
+
+    def latent_side(b):
+        # 8×8 latents when tracing, other (and non-square) sizes in the checks: dynamic H and W
+        return {TRACE_BATCH: (8, 8), 1: (8, 16), 3: (16, 8)}[b]
+
+    def movq_decoder_inputs(b):
+        h, w = latent_side(b)
+        return {"latents": torch.randn(b, channels, h, w)}
+
+    def movq_encoder_inputs(b):
+        h, w = latent_side(b)
+        return {"image": torch.rand(b, 3, h * factor, w * factor) * 2 - 1}
+
+    ex.export("movq_decoder", MovqDecoder(movq), movq_decoder_inputs(TRACE_BATCH), ["image"],
+              {"latents": spatial, "image": spatial}, movq_decoder_inputs)
+    ex.export("movq_encoder", MovqEncoder(movq), movq_encoder_inputs(TRACE_BATCH), ["latents"],
+              {"image": spatial, "latents": spatial}, movq_encoder_inputs)
+    del movq
+
+    # -- latent UNet
+    unet = load(UNet2DConditionModel, decoder_dir, "unet")
+    unet_in = unet.config.in_channels
+    hid = unet.config.encoder_hid_dim
+
+    def unet_inputs(b):
+        h, w = latent_side(b)
+        return {"sample": torch.randn(b, unet_in, h, w),
+                "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
+                "image_embeds": torch.randn(b, hid)}
+
+    ex.export("unet", LatentUNet(unet), unet_inputs(TRACE_BATCH), ["noise_pred"],
+              {"sample": spatial, "timestep": batch0, "image_embeds": batch0, "noise_pred": spatial}, unet_inputs)
+    unet_out = unet.config.out_channels
+    del unet
+
+    feature = json.loads((prior_dir / "image_processor" / "preprocessor_config.json").read_text())
+    crop = feature.get("crop_size", {"height": image_size})
+    crop = crop["height"] if isinstance(crop, dict) else int(crop)
+    shortest = feature.get("size", {"shortest_edge": image_size})
+    shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
+    zero_file = "zero_image_embed.npy"
+    manifest = bundle_format.kandinsky_manifest(
+        name=args.name or decoder_dir.resolve().name,
+        source=f"{decoder_dir.resolve().name} + {prior_dir.resolve().name}",
+        exporter={"version": EXPORTER_VERSION, "opset": args.opset, "torch": torch.__version__,
+                  "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        dtype="float16" if args.fp16 else "float32",
+        embedding_dim=dim,
+        tokenizer={"file": "tokenizer.json", "sha256": sha256(out / "tokenizer.json"), "max_length": max_length,
+                   "pad_token": str(tokenizer.pad_token), "pad_id": int(tokenizer.pad_token_id)},
+        image_processor={"shortest_edge": shortest, "crop_size": crop, "resample": "bicubic",
+                         "rescale_factor": feature.get("rescale_factor", 1 / 255),
+                         "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+                         "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711])},
+        models=ex.models,
+        text_encoder={"model": "text_encoder"},
+        image_encoder={"model": "image_encoder"},
+        prior={"model": "prior", "scheduler": scheduler_config(prior_dir, "scheduler"),
+               "default_steps": KANDINSKY_DEFAULTS["prior"][0],
+               "default_guidance_scale": (KANDINSKY_DEFAULTS["prior"][1] if args.prior_guidance_scale is None
+                                          else args.prior_guidance_scale),
+               "clip_mean": clip_mean, "clip_std": clip_std,
+               "negative_image_embed": {"file": zero_file, "sha256": sha256(out / zero_file)}},
+        decoder={"model": "unet", "scheduler": scheduler_config(decoder_dir, "scheduler"),
+                 "default_steps": KANDINSKY_DEFAULTS["decoder"][0],
+                 "default_guidance_scale": (KANDINSKY_DEFAULTS["decoder"][1] if args.decoder_guidance_scale is None
+                                            else args.decoder_guidance_scale),
+                 "default_size": KANDINSKY_DEFAULTS["size"], "latent_channels": channels,
+                 "out_channels": unet_out, "movq_decoder": "movq_decoder", "movq_encoder": "movq_encoder",
+                 "movq_scale_factor": factor},
+    )
+    bundle_format.write(out, manifest)
+    bundle_format.check(out)
+    print(json.dumps({"bundle": str(out), "seconds": round(time.time() - started, 1), "models": ex.report}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ CPUs without AMX (`--precision int8`, and `--precision auto` on CPUs with VNNI).
     python export/quantize_bundle.py BUNDLE [--out OUT] [--unclip target/release/unclip]
         [--prompts FILE] [--seeds 0,1] [--steps 25/25/7] [--samples 16] [--capture-dir DIR]
         [--models prior,decoder,super_res_first,...] [--keep-fp32 PATTERN,...] [--fidelity-seeds 100,101]
-        [--max-mean-diff 8.0] [--fidelity-only]
+        [--max-mean-diff 8.0] [--fidelity-only] [--relabel-uint8]
 
 Writes `<model>.int8.onnx` (+ `.int8.onnx.data` above 2 GB) beside each quantized model and
 records them in `bundle.json`: each model entry gains an `int8` entry (file, sha256, external
@@ -14,8 +14,13 @@ bundle without them loads and runs as before; `bundle.json` changes, so images m
 the old manifest's sha256.
 
 How (ONNX Runtime's static quantization, `onnxruntime.quantization.quantize_static`):
-- QDQ format, S8S8 (signed int8 activations and weights, symmetric activations): ONNX Runtime's
-  VNNI kernels run it without the U8S8 saturation of older x86 paths. Weights per output channel.
+- QDQ format, int8 weights per output channel, symmetric activations calibrated as int8 and then
+  stored as uint8 with zero point 128 (`activations_to_uint8`: the same grid, the same numbers).
+  ONNX Runtime's x86 kernels take uint8 activations (u8 x s8, without saturation on VNNI): it
+  relabels int8 pairs itself (QDQS8ToU8Transformer) but only for a tensor with one consumer, and
+  a Conv whose input and output end up relabeled differently is not fused into QLinearConv; it
+  then runs in fp32 on weights dequantized at every call (57 of a Karlo decoder's 93 convolutions,
+  which made int8 slower than fp32 there).
 - Calibration: `unclip generate --capture-model-inputs DIR` records every call of every model
   (each denoising step's sample, timestep and conditioning, guidance rows included) over
   `--prompts` × `--seeds` at `--steps`; each model is calibrated on `--samples` of its calls
@@ -73,6 +78,8 @@ FIDELITY_PROMPTS = [
 # Nodes kept in fp32 (substrings of ONNX node names as torch's exporter writes them from module
 # paths): the time embedding and projection, the first and last convolutions, the prior's
 # output projection.
+METHOD = ("onnxruntime quantize_static: QDQ, int8 per-channel weights, symmetric int8 activations "
+          "relabeled as uint8 (zero point 128), MinMax, Conv/MatMul/Gemm")
 KEEP_FP32 = ["time_embedding", "time_proj", "time_embed", "conv_in", "conv_out", "proj_to_clip_embeddings",
              "class_embedding"]
 
@@ -166,7 +173,49 @@ def quantize(src: Path, dst: Path, calls: Calls, keep: list[str], large: bool) -
             # (ReduceMin/ReduceMax outputs), so every sample's ranges are kept, not activations.
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
-    return {"excluded_nodes": len(excluded), "calls_captured": calls.total, "calls_used": len(calls.calls)}
+    relabeled = activations_to_uint8(dst)
+    return {"excluded_nodes": len(excluded), "calls_captured": calls.total, "calls_used": len(calls.calls),
+            "uint8_activations": relabeled}
+
+
+def activations_to_uint8(path: Path) -> int:
+    """Relabels every activation's QuantizeLinear/DequantizeLinear pair from int8 (zero point z) to
+    uint8 (zero point z + 128): q_u8 = q_s8 + 128 on the same scale, so every value is unchanged.
+    Weights (DequantizeLinear of an initializer) stay int8. Returns the pairs relabeled."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    relabeled: dict[str, str] = {}
+
+    def uint8_zero_point(name: str) -> str:
+        if name not in relabeled:
+            zp = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+            graph.initializer.append(numpy_helper.from_array(zp.astype(np.uint8), name + "_u8"))
+            relabeled[name] = name + "_u8"
+        return relabeled[name]
+
+    def int8_zero_point(node) -> bool:
+        return len(node.input) > 2 and node.input[2] in inits and inits[node.input[2]].data_type == onnx.TensorProto.INT8
+
+    pairs = 0
+    for node in graph.node:
+        activation = node.op_type == "QuantizeLinear" or (
+            node.op_type == "DequantizeLinear" and getattr(producer.get(node.input[0]), "op_type", "") == "QuantizeLinear")
+        if activation and int8_zero_point(node):
+            node.input[2] = uint8_zero_point(node.input[2])
+            pairs += node.op_type == "QuantizeLinear"
+    # zero points no node reads any more
+    used = {i for node in graph.node for i in node.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(model, str(path))
+    return pairs
 
 
 def relink_data(bundle: Path, file: str) -> list[dict]:
@@ -238,7 +287,27 @@ def main() -> None:
                     help="mean uint8 pixel difference int8 vs f32 that passes (default 8.0)")
     ap.add_argument("--fidelity-only", action="store_true",
                     help="keep the bundle's int8 models; measure their fidelity and speed again (this machine)")
+    ap.add_argument("--relabel-uint8", action="store_true",
+                    help="keep the calibration of int8 models made with int8 activations; relabel them as uint8 "
+                         "(activations_to_uint8: the same file a new quantization would write), then the fidelity check")
     args = ap.parse_args()
+    if args.relabel_uint8:
+        manifest = bundle_format.check(args.bundle)
+        if "int8" not in manifest.get("quantization", {}):
+            raise SystemExit(f"{args.bundle} has no int8 models to relabel")
+        quant = manifest["quantization"]["int8"]
+        for key, entry in manifest["models"].items():
+            if "int8" in entry:
+                path = args.bundle / entry["int8"]["file"]
+                quant["models"].setdefault(key, {})["uint8_activations"] = activations_to_uint8(path)
+                entry["int8"]["sha256"] = bundle_format.sha256(path)
+        quant["method"] = METHOD
+        quant.pop("fidelity", None)
+        bundle_format.write(args.bundle, manifest)
+        if not args.fidelity_seeds:
+            print(json.dumps(quant["models"]))
+            return
+        args.fidelity_only = True
     if args.fidelity_only:
         manifest = bundle_format.check(args.bundle)
         if "int8" not in manifest.get("quantization", {}):
@@ -299,8 +368,7 @@ def main() -> None:
     import onnxruntime
 
     manifest["quantization"] = {"int8": {
-        "method": "onnxruntime quantize_static: QDQ, S8S8, per-channel weights, symmetric activations, "
-                  "MinMax, Conv/MatMul/Gemm",
+        "method": METHOD,
         "onnxruntime": onnxruntime.__version__,
         "calibration": {"prompts": prompts, "seeds": seeds, "steps": args.steps, "samples_per_model": args.samples},
         "keep_fp32": keep,

@@ -24,6 +24,10 @@ DPMSolverMultistepScheduler (see `write_solvers_reference`): `from_config` conve
 configs, timesteps, sigmas, single steps, full loops of a synthetic model, DDIM round trips, and
 sweeps of every N in 1..=1000.
 
+`<out>/ddpm_reference.json` (~100 kB), DDPMScheduler (see `write_ddpm_reference`): its `__init__`
+keys, `from_config` of Karlo's configs, timesteps, single steps of every variance type with the
+noise diffusers draws, full loops of the synthetic model, and `add_noise`.
+
 Every float32 value is written with Python's shortest round-trip repr of its float64 widening, so
 parsing it as f64 and narrowing to f32 gives the exact bits back.
 """
@@ -48,6 +52,7 @@ from _common import REPO, TINY_KARLO  # noqa: E402
 import diffusers  # noqa: E402
 import diffusers.schedulers.scheduling_unclip as scheduling_unclip  # noqa: E402
 import diffusers.schedulers.scheduling_ddim as scheduling_ddim  # noqa: E402
+import diffusers.schedulers.scheduling_ddpm as scheduling_ddpm  # noqa: E402
 from diffusers import (  # noqa: E402
     DDIMInverseScheduler,
     DDIMScheduler,
@@ -585,6 +590,135 @@ def compact_json(reference: dict) -> str:
     return text + "\n"
 
 
+# ---- ddpm_reference.json: DDPMScheduler ---------------------------------------------------------
+
+# Kandinsky 2.2's decoder scheduler as the published checkpoint's diffusers config describes it
+# (DDPMScheduler, linear betas 0.00085 → 0.012, no clipping, steps_offset 1, leading spacing,
+# learned_range), and variations of each option the step reads.
+KANDINSKY_DDPM = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                      steps_offset=1, timestep_spacing="leading", variance_type="learned_range")
+DDPM_CONFIGS = {
+    "kandinsky": lambda: DDPMScheduler(**KANDINSKY_DDPM),
+    "kandinsky_fixed_small": lambda: DDPMScheduler(**{**KANDINSKY_DDPM, "variance_type": "fixed_small"}),
+    "default": lambda: DDPMScheduler(),
+    "fixed_small_log_sample": lambda: DDPMScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                                    clip_sample_range=2.0),
+    "fixed_large_trailing": lambda: DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing",
+                                                  beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    "learned_linspace": lambda: DDPMScheduler(variance_type="learned", timestep_spacing="linspace",
+                                              beta_schedule="squaredcos_cap_v2"),
+    "karlo_decoder": lambda: DDPMScheduler.from_config(UnCLIPScheduler.from_config(karlo_config_json("decoder")).config),
+    "karlo_prior": lambda: DDPMScheduler.from_config(UnCLIPScheduler.from_config(karlo_config_json("prior")).config),
+}
+# (config, N, step_index): first, middle and last steps (the last of `leading` + offset 1 is t = 1,
+# which still draws noise; of the others t = 0, which does not).
+DDPM_STEPS = [
+    ("kandinsky", 100, 0), ("kandinsky", 100, 50), ("kandinsky", 100, 99), ("kandinsky", 25, 24),
+    ("kandinsky_fixed_small", 25, 3), ("default", 10, 0), ("default", 10, 9),
+    ("fixed_small_log_sample", 7, 2), ("fixed_large_trailing", 7, 3), ("fixed_large_trailing", 7, 6),
+    ("learned_linspace", 5, 1), ("learned_linspace", 5, 4), ("karlo_decoder", 25, 12), ("karlo_prior", 25, 0),
+]
+DDPM_LOOPS = [("kandinsky", 5), ("kandinsky", 25), ("kandinsky_fixed_small", 5), ("default", 5),
+              ("fixed_large_trailing", 7), ("learned_linspace", 5), ("karlo_decoder", 25)]
+DDPM_TIMESTEP_COUNTS = [1, 2, 5, 7, 25, 100, 1000]
+
+
+def ddpm_learned(sched) -> bool:
+    return sched.config.variance_type in ("learned", "learned_range")
+
+
+def ddpm_shape(name: str, loop: bool) -> tuple:
+    if "prior" in name:
+        return (2, 4) if loop else (2, 8)
+    return (1, 4, 2, 2) if loop else (2, 4, 4, 4)
+
+
+class DdpmDrawRecorder:
+    """Captures the tensors `DDPMScheduler.step` draws (its module-level `randn_tensor`)."""
+
+    def __enter__(self):
+        self.drawn = []
+        self.original = scheduling_ddpm.randn_tensor
+
+        def recording_randn(*args, **kwargs):
+            out = self.original(*args, **kwargs)
+            self.drawn.append(out.clone())
+            return out
+
+        scheduling_ddpm.randn_tensor = recording_randn
+        return self
+
+    def __exit__(self, *exc):
+        scheduling_ddpm.randn_tensor = self.original
+
+
+def ddpm_output(sched, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """A learned variance rides in a second half of channels, in [-1, 1] for `learned_range`
+    (the model's range) and positive for `learned` (a variance)."""
+    if sched.config.variance_type == "learned_range":
+        return torch.cat([model_output, torch.tanh(sample)], dim=1)
+    if sched.config.variance_type == "learned":
+        return torch.cat([model_output, 0.01 * torch.sigmoid(sample)], dim=1)
+    return model_output
+
+
+def run_ddpm_step(name: str, n: int, index: int, seed: int) -> dict:
+    sched = DDPM_CONFIGS[name]()
+    sched.set_timesteps(n)
+    t = sched.timesteps[index]
+    g = torch.Generator("cpu").manual_seed(seed)
+    shape = ddpm_shape(name, loop=False)
+    ac = sched.alphas_cumprod[int(t)]
+    x0 = torch.randn(shape, generator=g) * 0.8
+    eps = torch.randn(shape, generator=g)
+    sample = ac.sqrt() * x0 + (1 - ac).sqrt() * eps
+    prediction = x0 if sched.config.prediction_type == "sample" else eps
+    model_output = ddpm_output(sched, prediction + 0.05 * torch.randn(shape, generator=g), sample)
+    step_generator = torch.Generator("cpu").manual_seed(seed + 1)
+    with DdpmDrawRecorder() as rec:
+        prev = sched.step(model_output, t, sample, generator=step_generator).prev_sample
+    return {"config": name, "num_inference_steps": n, "step_index": index, "timestep": int(t),
+            "sample": tensor_json(sample), "model_output": tensor_json(model_output),
+            "noise": [tensor_json(d) for d in rec.drawn], "prev_sample": tensor_json(prev)}
+
+
+def run_ddpm_loop(name: str, n: int, seed: int) -> dict:
+    sched = DDPM_CONFIGS[name]()
+    sched.set_timesteps(n)
+    g = torch.Generator("cpu").manual_seed(seed)
+    sample = torch.randn(ddpm_shape(name, loop=True), generator=g)
+    start = sample.clone()
+    draws = []
+    with DdpmDrawRecorder() as rec:
+        for t in sched.timesteps:
+            model_output = ddpm_output(sched, synthetic_model(sample, t), sample)
+            sample = sched.step(model_output, t, sample, generator=g).prev_sample
+        draws = rec.drawn
+    return {"config": name, "num_inference_steps": n, "start": tensor_json(start),
+            "noise": [tensor_json(d) for d in draws], "end": tensor_json(sample)}
+
+
+def write_ddpm_reference(out: Path) -> None:
+    init_keys = [k for k in inspect.signature(DDPMScheduler.__init__).parameters if k != "self"]
+    configs = {name: config_json(make()) for name, make in DDPM_CONFIGS.items()}
+    timesteps = {name: {str(n): [int(t) for t in (lambda s: (s.set_timesteps(n), s.timesteps)[1])(make())]
+                        for n in DDPM_TIMESTEP_COUNTS} for name, make in DDPM_CONFIGS.items()}
+    steps = [run_ddpm_step(name, n, i, seed=300 + k) for k, (name, n, i) in enumerate(DDPM_STEPS)]
+    loops = [run_ddpm_loop(name, n, seed=400 + k) for k, (name, n) in enumerate(DDPM_LOOPS)]
+    sched = DDPM_CONFIGS["kandinsky"]()
+    g = torch.Generator("cpu").manual_seed(500)
+    x0, noise = torch.randn((2, 4, 3, 3), generator=g), torch.randn((2, 4, 3, 3), generator=g)
+    add_noise = [{"timestep": t, "original": tensor_json(x0), "noise": tensor_json(noise),
+                  "noisy": tensor_json(sched.add_noise(x0, noise, torch.tensor([t])))} for t in (0, 1, 250, 999)]
+    reference = {"diffusers_version": diffusers.__version__, "init_keys": init_keys, "configs": configs,
+                 "alphas_cumprod": {name: f32_list(make().alphas_cumprod) for name, make in DDPM_CONFIGS.items()
+                                    if name in ("kandinsky", "default", "fixed_large_trailing")},
+                 "timesteps": timesteps, "steps": steps, "loops": loops, "add_noise": add_noise}
+    path = out / "ddpm_reference.json"
+    path.write_text(compact_json(reference))
+    print(f"wrote {path} ({path.stat().st_size} bytes, {len(steps)} steps, {len(loops)} loops)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "schedulers")
@@ -592,6 +726,7 @@ def main() -> None:
     torch.set_num_threads(1)
     write_unclip_reference(args)
     write_solvers_reference(args.out)
+    write_ddpm_reference(args.out)
 
 
 if __name__ == "__main__":

@@ -1836,7 +1836,7 @@ fn e34_eta_out_of_range() {
 
 #[test]
 fn e35_scheduler_unknown() {
-    let expected = "invalid scheduler: \"euler\": choose unclip, ddim, ddim-inverse or dpm++";
+    let expected = "invalid scheduler: \"euler\": choose unclip, ddpm, ddim, ddim-inverse or dpm++";
     assert_invalid(
         &"euler".parse::<SchedulerKind>().unwrap_err(),
         "scheduler",
@@ -2404,7 +2404,7 @@ fn e48_c_unknown_enum() {
 /// (the C enum has no such value).
 #[test]
 fn e49_scheduler_inverse_for_generation() {
-    let expected = "invalid decoder scheduler: ddim-inverse runs from an image to noise (inversion), it cannot generate: choose unclip, ddim or dpm++";
+    let expected = "invalid decoder scheduler: ddim-inverse runs from an image to noise (inversion), it cannot generate: choose unclip, ddpm, ddim or dpm++";
     assert_invalid(
         &generate_err(&TextToImage {
             decoder_scheduler: Some(SchedulerKind::DdimInverse),

@@ -378,6 +378,7 @@ fn every_karlo_config_converts_to_every_kind_and_builds() {
             };
             let (variance_type, clip_sample_range) = match kind {
                 SchedulerKind::UnCLIP => (original.variance_type, original.clip_sample_range),
+                SchedulerKind::Ddpm => (original.variance_type, original.clip_sample_range),
                 SchedulerKind::DpmSolverPP => (original.variance_type, 1.0),
                 SchedulerKind::Ddim | SchedulerKind::DdimInverse => {
                     (VarianceType::FixedSmallLog, original.clip_sample_range)
@@ -404,7 +405,7 @@ fn scheduler_kinds_parse_and_print() {
         SchedulerKind::Ddim
     );
     let reason = invalid_reason("euler".parse::<SchedulerKind>());
-    for choice in ["unclip", "ddim", "ddim-inverse", "dpm++"] {
+    for choice in ["unclip", "ddpm", "ddim", "ddim-inverse", "dpm++"] {
         assert!(reason.contains(choice), "{reason}");
     }
 }

@@ -16,7 +16,8 @@ if str(EXPORT) not in sys.path:
 # The product path: what makes bundles, fixtures and benchmark reports (export/README.md).
 PRODUCT = [
     "_common.py", "bench_compare.py", "bench_diffusers.py", "bundle_format.py", "check_parity.py",
-    "export_bundle.py", "image_io_reference.py", "make_karlo_random.py", "make_tiny.py", "quantize_bundle.py", "reference.py",
+    "export_bundle.py", "image_io_reference.py", "make_karlo_random.py", "make_tiny.py", "make_tiny_kandinsky.py",
+    "quantize_bundle.py", "reference.py", "reference_kandinsky.py",
     "scheduler_reference.py", "test_export.py", "torch_rng_vectors.py", "vision_reference.py",
 ]
 LAB = sorted(p.name for p in (EXPORT / "shapes").glob("*.py"))

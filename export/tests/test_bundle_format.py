@@ -72,6 +72,54 @@ class CommittedBundles(unittest.TestCase):
             self.assertEqual(by_id[:256], list(bytes_to_unicode().values()))
 
 
+TINY_KANDINSKY = REPO / "models" / "tiny-kandinsky"
+
+
+class KandinskyBundle(unittest.TestCase):
+    """models/tiny-kandinsky (export_bundle.py DECODER_DIR OUT --prior PRIOR_DIR): format version 2,
+    family kandinsky2.2."""
+
+    def test_files_and_writer(self):
+        self.assertEqual(bundle_format.problems(TINY_KANDINSKY), [])
+        text = (TINY_KANDINSKY / "bundle.json").read_text()
+        parsed = json.loads(text)
+        self.assertEqual((parsed["format_version"], parsed["family"]),
+                         (bundle_format.KANDINSKY_FORMAT_VERSION, bundle_format.KANDINSKY))
+        parts = {k: parsed[k] for k in bundle_format.KANDINSKY_KEYS
+                 if k not in ("format", "format_version", "family", "quantization")}
+        self.assertEqual(bundle_format.dumps(bundle_format.kandinsky_manifest(**parts)), text)
+
+    def test_shapes_follow_the_movq_factor(self):
+        m = bundle_format.check(TINY_KANDINSKY, hashes=False)
+        d = m["decoder"]
+        self.assertEqual(d["movq_scale_factor"], 8)
+        self.assertEqual(m["models"][d["model"]]["inputs"][0]["shape"], ["batch", d["latent_channels"], "height", "width"])
+        self.assertEqual(m["models"][d["model"]]["outputs"][0]["shape"][1], 2 * d["latent_channels"])
+        self.assertEqual(m["models"][d["movq_decoder"]]["outputs"][0]["shape"], ["batch", 3, "height", "width"])
+        self.assertEqual(d["scheduler"]["_class_name"], "DDPMScheduler")
+        self.assertEqual(m["prior"]["scheduler"]["_class_name"], "UnCLIPScheduler")
+
+    def test_zero_image_embedding_is_a_vector_of_embedding_dim(self):
+        m = bundle_format.check(TINY_KANDINSKY, hashes=False)
+        from support import read_f32
+
+        shape, bits = read_f32(TINY_KANDINSKY / m["prior"]["negative_image_embed"]["file"])
+        self.assertEqual(shape, (m["embedding_dim"],))
+        self.assertTrue(any(b & 0x7FFFFFFF for b in bits), "not all zero")
+
+    def test_a_missing_zero_embedding_is_refused(self):
+        tmp = Path(tempfile.mkdtemp())
+        try:
+            for path in TINY_KANDINSKY.iterdir():
+                if path.name != "zero_image_embed.npy":
+                    (tmp / path.name).symlink_to(path)
+            found = bundle_format.problems(tmp)
+            self.assertEqual(len(found), 1, found)
+            self.assertIn("zero_image_embed.npy: missing", found[0])
+        finally:
+            shutil.rmtree(tmp)
+
+
 class RustLoaderAgrees(unittest.TestCase):
     def test_format_name_and_version(self):
         _, version = rust_source_with(r"pub const FORMAT_VERSION: u64 = (\d+);")

@@ -368,7 +368,7 @@ impl Pipeline {
             return Err(Error::invalid(
                 name,
                 "ddim-inverse runs from an image to noise (inversion), it cannot generate: \
-                 choose unclip, ddim or dpm++",
+                 choose unclip, ddpm, ddim or dpm++",
             ));
         }
         let mut uses_ddim = false;

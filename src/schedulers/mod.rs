@@ -2,7 +2,8 @@
 //! `scheduler_config.json` and bit-compatible with diffusers where torch's arithmetic allows.
 //!
 //! One file per scheduler, each mirroring one diffusers file: `unclip.rs`
-//! (`schedulers/scheduling_unclip.py`), `ddim.rs` (`scheduling_ddim.py`), `ddim_inverse.rs`
+//! (`schedulers/scheduling_unclip.py`), `ddpm.rs` (`scheduling_ddpm.py`), `ddim.rs`
+//! (`scheduling_ddim.py`), `ddim_inverse.rs`
 //! (`scheduling_ddim_inverse.py`), `dpmsolver_multistep.rs` (`scheduling_dpmsolver_multistep.py`);
 //! `betas.rs` holds the training noise schedules and numpy ranges they share. Every scheduler is
 //! driven through [`Scheduler`] by step index, so the pipeline's denoising loop is the same for
@@ -11,11 +12,12 @@
 //!
 //! [`SchedulerConfig::to_kind`] swaps a stage's scheduler the way diffusers users do
 //! (`DDIMScheduler.from_config(pipe.scheduler.config)`), so a Karlo bundle's `UnCLIPScheduler`
-//! configs also drive DDIM (η), DDIM inversion and DPM-Solver++.
+//! configs also drive DDPM, DDIM (η), DDIM inversion and DPM-Solver++.
 
 pub mod betas;
 pub mod ddim;
 pub mod ddim_inverse;
+pub mod ddpm;
 pub mod dpmsolver_multistep;
 pub mod unclip;
 
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use betas::BetaSchedule;
 pub use ddim::{DDIMScheduler, DDIMSchedulerConfig};
 pub use ddim_inverse::{DDIMInverseScheduler, DDIMInverseSchedulerConfig};
+pub use ddpm::{DDPMScheduler, DDPMSchedulerConfig, DdpmVarianceType};
 pub use dpmsolver_multistep::{
     AlgorithmType, DPMSolverMultistepScheduler, DPMSolverMultistepSchedulerConfig, FinalSigmasType,
     SolverType,
@@ -220,20 +223,10 @@ pub(crate) fn without_learned_variance<'a>(
     model_output: ArrayViewD<'a, f32>,
     sample: &ArrayViewD<'_, f32>,
 ) -> Result<ArrayViewD<'a, f32>> {
-    if model_output.shape() == sample.shape() {
-        return Ok(model_output);
-    }
-    let split = sample.ndim() >= 2
-        && model_output.ndim() == sample.ndim()
-        && model_output.shape()[1] == 2 * sample.shape()[1]
-        && model_output
-            .shape()
-            .iter()
-            .zip(sample.shape())
-            .enumerate()
-            .all(|(axis, (a, b))| axis == 1 || a == b);
-    if split {
-        let (prediction, _learned_variance) = model_output.split_at(Axis(1), sample.shape()[1]);
+    let found = model_output.shape().to_vec();
+    if let Some(OutputLayout::Plain(prediction) | OutputLayout::WithVariance(prediction, _)) =
+        output_layout(model_output, sample)
+    {
         return Ok(prediction);
     }
     Err(Error::Shape {
@@ -242,7 +235,39 @@ pub(crate) fn without_learned_variance<'a>(
             "the sample's shape {:?}, or twice its channels in dim 1 (a learned variance, unused)",
             sample.shape()
         ),
-        found: model_output.shape().to_vec(),
+        found,
+    })
+}
+
+/// How a model output lines up with the sample a scheduler steps.
+pub(crate) enum OutputLayout<'a> {
+    /// The sample's shape.
+    Plain(ArrayViewD<'a, f32>),
+    /// Twice the sample's channels in dim 1, every other dim equal: the prediction and the
+    /// variance half, `torch.split(model_output, sample.shape[1], dim=1)` as the pipelines split it.
+    WithVariance(ArrayViewD<'a, f32>, ArrayViewD<'a, f32>),
+}
+
+/// The [`OutputLayout`] of `model_output` against `sample`, or `None` when it is neither.
+pub(crate) fn output_layout<'a>(
+    model_output: ArrayViewD<'a, f32>,
+    sample: &ArrayViewD<'_, f32>,
+) -> Option<OutputLayout<'a>> {
+    if model_output.shape() == sample.shape() {
+        return Some(OutputLayout::Plain(model_output));
+    }
+    let doubled = sample.ndim() >= 2
+        && model_output.ndim() == sample.ndim()
+        && model_output.shape()[1] == 2 * sample.shape()[1]
+        && model_output
+            .shape()
+            .iter()
+            .zip(sample.shape())
+            .enumerate()
+            .all(|(axis, (a, b))| axis == 1 || a == b);
+    doubled.then(|| {
+        let (prediction, variance) = model_output.split_at(Axis(1), sample.shape()[1]);
+        OutputLayout::WithVariance(prediction, variance)
     })
 }
 
@@ -266,6 +291,7 @@ pub(crate) fn serialize_prediction_type<S: Serializer>(
 /// The scheduler classes unclip implements, by diffusers' `_class_name`.
 pub const SUPPORTED_SCHEDULERS: &[&str] = &[
     "UnCLIPScheduler",
+    "DDPMScheduler",
     "DDIMScheduler",
     "DDIMInverseScheduler",
     "DPMSolverMultistepScheduler",
@@ -277,6 +303,8 @@ pub const SUPPORTED_SCHEDULERS: &[&str] = &[
 pub enum SchedulerKind {
     /// `UnCLIPScheduler`: Karlo's DDPM (the bundle's own).
     UnCLIP,
+    /// `DDPMScheduler`: ancestral DDPM with diffusers' variance types (Kandinsky 2.2's decoder).
+    Ddpm,
     /// `DDIMScheduler`, deterministic at η = 0, DDPM-like at η = 1.
     Ddim,
     /// `DDIMInverseScheduler`: clean sample → noise (DDIM inversion).
@@ -287,17 +315,19 @@ pub enum SchedulerKind {
 
 impl SchedulerKind {
     /// Every kind, in the order of [`SUPPORTED_SCHEDULERS`].
-    pub const ALL: [SchedulerKind; 4] = [
+    pub const ALL: [SchedulerKind; 5] = [
         SchedulerKind::UnCLIP,
+        SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::DdimInverse,
         SchedulerKind::DpmSolverPP,
     ];
 
-    /// The canonical name (`unclip`, `ddim`, `ddim-inverse`, `dpm++`).
+    /// The canonical name (`unclip`, `ddpm`, `ddim`, `ddim-inverse`, `dpm++`).
     pub fn as_str(self) -> &'static str {
         match self {
             SchedulerKind::UnCLIP => "unclip",
+            SchedulerKind::Ddpm => "ddpm",
             SchedulerKind::Ddim => "ddim",
             SchedulerKind::DdimInverse => "ddim-inverse",
             SchedulerKind::DpmSolverPP => "dpm++",
@@ -308,6 +338,7 @@ impl SchedulerKind {
     pub fn class_name(self) -> &'static str {
         match self {
             SchedulerKind::UnCLIP => "UnCLIPScheduler",
+            SchedulerKind::Ddpm => "DDPMScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
             SchedulerKind::DdimInverse => "DDIMInverseScheduler",
             SchedulerKind::DpmSolverPP => "DPMSolverMultistepScheduler",
@@ -318,16 +349,17 @@ impl SchedulerKind {
 impl FromStr for SchedulerKind {
     type Err = Error;
 
-    /// `unclip`, `ddim`, `ddim-inverse`, `dpm++` (or `dpmsolver++`), case-insensitive.
+    /// `unclip`, `ddpm`, `ddim`, `ddim-inverse`, `dpm++` (or `dpmsolver++`), case-insensitive.
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "unclip" => Ok(SchedulerKind::UnCLIP),
+            "ddpm" => Ok(SchedulerKind::Ddpm),
             "ddim" => Ok(SchedulerKind::Ddim),
             "ddim-inverse" => Ok(SchedulerKind::DdimInverse),
             "dpm++" | "dpmsolver++" => Ok(SchedulerKind::DpmSolverPP),
             other => Err(Error::invalid(
                 "scheduler",
-                format!("{other:?}: choose unclip, ddim, ddim-inverse or dpm++"),
+                format!("{other:?}: choose unclip, ddpm, ddim, ddim-inverse or dpm++"),
             )),
         }
     }
@@ -347,6 +379,9 @@ pub enum SchedulerConfig {
     /// `UnCLIPScheduler` (Karlo's prior, decoder and super-resolution).
     #[serde(rename = "UnCLIPScheduler")]
     UnCLIP(UnCLIPSchedulerConfig),
+    /// `DDPMScheduler`.
+    #[serde(rename = "DDPMScheduler")]
+    Ddpm(DDPMSchedulerConfig),
     /// `DDIMScheduler`, plus unclip's `eta` key.
     #[serde(rename = "DDIMScheduler")]
     Ddim(DDIMSchedulerConfig),
@@ -396,6 +431,7 @@ impl SchedulerConfig {
     pub fn kind(&self) -> SchedulerKind {
         match self {
             SchedulerConfig::UnCLIP(_) => SchedulerKind::UnCLIP,
+            SchedulerConfig::Ddpm(_) => SchedulerKind::Ddpm,
             SchedulerConfig::Ddim(_) => SchedulerKind::Ddim,
             SchedulerConfig::DdimInverse(_) => SchedulerKind::DdimInverse,
             SchedulerConfig::DpmSolverMultistep(_) => SchedulerKind::DpmSolverPP,
@@ -407,6 +443,9 @@ impl SchedulerConfig {
         Ok(match self {
             SchedulerConfig::UnCLIP(config) => {
                 Box::new(UnCLIPScheduler::new(config.clone(), num_inference_steps)?)
+            }
+            SchedulerConfig::Ddpm(config) => {
+                Box::new(DDPMScheduler::new(config.clone(), num_inference_steps)?)
             }
             SchedulerConfig::Ddim(config) => {
                 Box::new(DDIMScheduler::new(config.clone(), num_inference_steps)?)
@@ -463,6 +502,9 @@ impl SchedulerConfig {
             SchedulerKind::UnCLIP => {
                 SchedulerConfig::UnCLIP(Deserialize::deserialize(&keys).map_err(converted)?)
             }
+            SchedulerKind::Ddpm => {
+                SchedulerConfig::Ddpm(Deserialize::deserialize(&keys).map_err(converted)?)
+            }
             SchedulerKind::Ddim => {
                 let mut config: DDIMSchedulerConfig =
                     Deserialize::deserialize(&keys).map_err(converted)?;
@@ -513,6 +555,7 @@ impl SchedulerConfig {
                 "prediction_type": prediction_type_name(config.prediction_type),
                 "beta_schedule": config.beta_schedule.as_str(),
             })),
+            SchedulerConfig::Ddpm(config) => serde_json::to_value(config),
             SchedulerConfig::Ddim(config) => serde_json::to_value(config),
             SchedulerConfig::DdimInverse(config) => serde_json::to_value(config),
             SchedulerConfig::DpmSolverMultistep(config) => serde_json::to_value(config),

@@ -11,11 +11,11 @@
 //! through MKL's vector math (within 1 ulp of the correctly rounded f32 result that Rust computes):
 //! ≤ 1 ulp in a coefficient, ~1e-7 relative in the output.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
+use ndarray::{ArrayD, ArrayViewD, Zip};
 use serde::Deserialize;
 
 use super::betas::{self, BetaSchedule};
-use super::{draw_noise, timestep_at, Scheduler};
+use super::{draw_noise, output_layout, timestep_at, OutputLayout, Scheduler};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
 
@@ -369,22 +369,15 @@ impl UnCLIPScheduler {
             });
         }
         let channels = sample.shape()[1];
-        let same_but_channels = model_output.ndim() == sample.ndim()
-            && model_output
-                .shape()
-                .iter()
-                .zip(sample.shape())
-                .enumerate()
-                .all(|(axis, (a, b))| axis == 1 || a == b);
-        if same_but_channels
-            && model_output.shape()[1] == 2 * channels
-            && self.config.variance_type == VarianceType::LearnedRange
-        {
-            let (epsilon, variance) = model_output.split_at(Axis(1), channels);
-            return Ok((epsilon, Some(variance)));
-        }
-        if same_but_channels && model_output.shape()[1] == channels {
-            return Ok((model_output, None));
+        let found = model_output.shape().to_vec();
+        match output_layout(model_output, sample) {
+            Some(OutputLayout::WithVariance(epsilon, variance))
+                if self.config.variance_type == VarianceType::LearnedRange =>
+            {
+                return Ok((epsilon, Some(variance)));
+            }
+            Some(OutputLayout::Plain(output)) => return Ok((output, None)),
+            _ => {}
         }
         let expected = match self.config.variance_type {
             VarianceType::LearnedRange => format!(
@@ -398,7 +391,7 @@ impl UnCLIPScheduler {
         Err(Error::Shape {
             what: "model_output".into(),
             expected,
-            found: model_output.shape().to_vec(),
+            found,
         })
     }
 }

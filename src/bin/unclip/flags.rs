@@ -104,7 +104,7 @@ impl NoiseArgs {
 pub(crate) struct PriorArgs {
     #[arg(long)]
     pub(crate) prior_steps: Option<usize>,
-    /// Prior scheduler: unclip (the bundle's), ddim or dpm++.
+    /// Prior scheduler: unclip (the bundle's), ddpm, ddim or dpm++.
     #[arg(long)]
     pub(crate) prior_scheduler: Option<SchedulerKind>,
     /// Replaces the empty prompt of classifier-free guidance.
@@ -132,10 +132,10 @@ pub(crate) struct DecodeArgs {
     /// Steps per upsampler, comma-separated (e.g. 7 or 7,5).
     #[arg(long, value_delimiter = ',')]
     pub(crate) sr_steps: Vec<usize>,
-    /// Decoder scheduler: unclip (the bundle's), ddim or dpm++.
+    /// Decoder scheduler: unclip (the bundle's), ddpm, ddim or dpm++.
     #[arg(long)]
     pub(crate) decoder_scheduler: Option<SchedulerKind>,
-    /// Super-resolution scheduler (every upsampler): unclip (the bundle's), ddim or dpm++.
+    /// Super-resolution scheduler (every upsampler): unclip (the bundle's), ddpm, ddim or dpm++.
     #[arg(long)]
     pub(crate) sr_scheduler: Option<SchedulerKind>,
     /// DDIM's η for the stages that run ddim (0 = deterministic, 1 = DDPM-like).
