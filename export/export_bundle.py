@@ -392,6 +392,45 @@ class Exporter:
         return worst
 
 
+def export_prior(ex: Exporter, prior, dim: int, text_hidden: int) -> tuple[list, list]:
+    """Exports a `PriorTransformer` (both families) and returns its `clip_mean`, `clip_std`."""
+    num_embeddings = prior.config.num_embeddings
+
+    def prior_inputs(b):
+        mask = torch.ones(b, num_embeddings, dtype=torch.int64)
+        mask[:, torch.randint(1, num_embeddings, (1,)).item():] = 0
+        return {
+            "hidden_states": torch.randn(b, dim),
+            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
+            "proj_embedding": torch.randn(b, dim),
+            "encoder_hidden_states": torch.randn(b, num_embeddings, text_hidden),
+            "attention_mask": mask,
+        }
+
+    batch0 = {0: "batch"}
+    ex.export("prior", Prior(prior), prior_inputs(TRACE_BATCH), ["predicted_image_embedding"],
+              {k: batch0 for k in ["hidden_states", "timestep", "proj_embedding", "encoder_hidden_states",
+                                   "attention_mask", "predicted_image_embedding"]}, prior_inputs)
+    return prior.clip_mean.detach().reshape(-1).tolist(), prior.clip_std.detach().reshape(-1).tolist()
+
+
+def image_processor_entry(feature: dict, image_size: int) -> dict:
+    """The manifest's `image_processor` from a `preprocessor_config.json` (CLIP's defaults where
+    it says nothing)."""
+    crop = feature.get("crop_size", {"height": image_size})
+    crop = crop["height"] if isinstance(crop, dict) else int(crop)
+    shortest = feature.get("size", {"shortest_edge": image_size})
+    shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
+    return {
+        "shortest_edge": shortest,
+        "crop_size": crop,
+        "resample": "bicubic",
+        "rescale_factor": feature.get("rescale_factor", 1 / 255),
+        "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+        "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+    }
+
+
 def scheduler_config(checkpoint: Path, name: str) -> dict:
     return json.loads((checkpoint / name / "scheduler_config.json").read_text())
 
@@ -489,27 +528,8 @@ def main() -> None:
         del image_encoder
 
     # -- prior
-    prior = load(PriorTransformer, "prior")
-    num_embeddings = prior.config.num_embeddings
-
-    def prior_inputs(b):
-        mask = torch.ones(b, num_embeddings, dtype=torch.int64)
-        mask[:, torch.randint(1, num_embeddings, (1,)).item():] = 0
-        return {
-            "hidden_states": torch.randn(b, dim),
-            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
-            "proj_embedding": torch.randn(b, dim),
-            "encoder_hidden_states": torch.randn(b, num_embeddings, text_hidden),
-            "attention_mask": mask,
-        }
-
+    clip_mean, clip_std = export_prior(ex, load(PriorTransformer, "prior"), dim, text_hidden)
     batch0 = {0: "batch"}
-    ex.export("prior", Prior(prior), prior_inputs(TRACE_BATCH), ["predicted_image_embedding"],
-              {k: batch0 for k in ["hidden_states", "timestep", "proj_embedding", "encoder_hidden_states",
-                                   "attention_mask", "predicted_image_embedding"]}, prior_inputs)
-    clip_mean = prior.clip_mean.detach().reshape(-1).tolist()
-    clip_std = prior.clip_std.detach().reshape(-1).tolist()
-    del prior
 
     # -- text_proj, in its non-CFG and CFG forms (the CFG form prepends the learned null embedding)
     text_proj = load(UnCLIPTextProjModel, "text_proj")
@@ -600,10 +620,6 @@ def main() -> None:
     fe_path = ckpt / "feature_extractor" / "preprocessor_config.json"
     if fe_path.exists():
         feature = json.loads(fe_path.read_text())
-    crop = feature.get("crop_size", {"height": image_size})
-    crop = crop["height"] if isinstance(crop, dict) else int(crop)
-    shortest = feature.get("size", {"shortest_edge": image_size})
-    shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
     model_name = args.name or ckpt.resolve().name
     prior_steps, prior_gs = DEFAULTS["prior"][0], args.prior_guidance_scale
     decoder_steps, decoder_gs = DEFAULTS["decoder"][0], args.decoder_guidance_scale
@@ -623,14 +639,7 @@ def main() -> None:
             "pad_token": str(tokenizer.pad_token),
             "pad_id": int(tokenizer.pad_token_id),
         },
-        image_processor={
-            "shortest_edge": shortest,
-            "crop_size": crop,
-            "resample": "bicubic",
-            "rescale_factor": feature.get("rescale_factor", 1 / 255),
-            "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
-            "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
-        },
+        image_processor=image_processor_entry(feature, image_size),
         models=ex.models,
         text_encoder={"model": "text_encoder"},
         image_encoder={"model": "image_encoder"} if has_image_encoder else None,
@@ -719,26 +728,7 @@ def export_kandinsky(args) -> None:
     del image_encoder
 
     # -- prior: PriorTransformer as for Karlo (post_process_latents done in Rust)
-    prior = load(PriorTransformer, prior_dir, "prior")
-    num_embeddings = prior.config.num_embeddings
-
-    def prior_inputs(b):
-        mask = torch.ones(b, num_embeddings, dtype=torch.int64)
-        mask[:, torch.randint(1, num_embeddings, (1,)).item():] = 0
-        return {
-            "hidden_states": torch.randn(b, dim),
-            "timestep": torch.randint(0, 1000, (b,), dtype=torch.int64),
-            "proj_embedding": torch.randn(b, dim),
-            "encoder_hidden_states": torch.randn(b, num_embeddings, text_hidden),
-            "attention_mask": mask,
-        }
-
-    ex.export("prior", Prior(prior), prior_inputs(TRACE_BATCH), ["predicted_image_embedding"],
-              {k: batch0 for k in ["hidden_states", "timestep", "proj_embedding", "encoder_hidden_states",
-                                   "attention_mask", "predicted_image_embedding"]}, prior_inputs)
-    clip_mean = prior.clip_mean.detach().reshape(-1).tolist()
-    clip_std = prior.clip_std.detach().reshape(-1).tolist()
-    del prior
+    clip_mean, clip_std = export_prior(ex, load(PriorTransformer, prior_dir, "prior"), dim, text_hidden)
 
     # -- MoVQ first: its scale factor sets the latent sizes of the UNet's checks
     movq = load(VQModel, decoder_dir, "movq")
@@ -781,10 +771,6 @@ def export_kandinsky(args) -> None:
     del unet
 
     feature = json.loads((prior_dir / "image_processor" / "preprocessor_config.json").read_text())
-    crop = feature.get("crop_size", {"height": image_size})
-    crop = crop["height"] if isinstance(crop, dict) else int(crop)
-    shortest = feature.get("size", {"shortest_edge": image_size})
-    shortest = shortest.get("shortest_edge", image_size) if isinstance(shortest, dict) else int(shortest)
     zero_file = "zero_image_embed.npy"
     manifest = bundle_format.kandinsky_manifest(
         name=args.name or decoder_dir.resolve().name,
@@ -795,10 +781,7 @@ def export_kandinsky(args) -> None:
         embedding_dim=dim,
         tokenizer={"file": "tokenizer.json", "sha256": sha256(out / "tokenizer.json"), "max_length": max_length,
                    "pad_token": str(tokenizer.pad_token), "pad_id": int(tokenizer.pad_token_id)},
-        image_processor={"shortest_edge": shortest, "crop_size": crop, "resample": "bicubic",
-                         "rescale_factor": feature.get("rescale_factor", 1 / 255),
-                         "mean": feature.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
-                         "std": feature.get("image_std", [0.26862954, 0.26130258, 0.27577711])},
+        image_processor=image_processor_entry(feature, image_size),
         models=ex.models,
         text_encoder={"model": "text_encoder"},
         image_encoder={"model": "image_encoder"},

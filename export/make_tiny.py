@@ -31,9 +31,24 @@ TIME_INPUT = 16
 CROSS_ATTENTION = 100
 
 
+def tiny_prior():
+    """diffusers' test prior (2 heads × 12, 1 layer) of width HIDDEN, with random values where it
+    defaults to zero and would hide bugs (clip_mean/clip_std, positional and prd embeddings); draws
+    from torch's global generator."""
+    from diffusers import PriorTransformer
+
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=HIDDEN, num_layers=1)
+    with torch.no_grad():
+        prior.clip_mean.copy_(torch.randn(1, HIDDEN) * 0.5)
+        prior.clip_std.copy_(torch.rand(1, HIDDEN) + 0.5)
+        prior.positional_embedding.normal_(0.0, 0.5)
+        prior.prd_embedding.normal_(0.0, 0.5)
+    return prior.eval()
+
+
 def build(out: Path) -> None:
     register_text_proj()
-    from diffusers import PriorTransformer, UnCLIPPipeline, UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
+    from diffusers import UnCLIPPipeline, UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
     from transformers import (
         CLIPImageProcessor,
@@ -71,13 +86,7 @@ def build(out: Path) -> None:
         )
     ).eval()
 
-    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=HIDDEN, num_layers=1)
-    with torch.no_grad():
-        prior.clip_mean.copy_(torch.randn(1, HIDDEN) * 0.5)
-        prior.clip_std.copy_(torch.rand(1, HIDDEN) + 0.5)
-        prior.positional_embedding.normal_(0.0, 0.5)
-        prior.prd_embedding.normal_(0.0, 0.5)
-    prior.eval()
+    prior = tiny_prior()
 
     text_proj = UnCLIPTextProjModel(
         clip_embeddings_dim=HIDDEN, time_embed_dim=TIME_INPUT * 4, cross_attention_dim=CROSS_ATTENTION

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, TINY_KARLO  # noqa: E402
+from make_tiny import HIDDEN, tiny_prior  # noqa: E402
 
 SEED = 0
-HIDDEN = 32  # CLIP embedding width (text and image projection) = prior embedding_dim = UNet encoder_hid_dim
 TINY_KANDINSKY = REPO / "tests" / "fixtures" / "tiny-kandinsky"
 # DDPMScheduler of Kandinsky 2.2's decoder (its scheduler_config.json).
 DECODER_SCHEDULER = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
@@ -41,8 +41,8 @@ DECODER_SCHEDULER = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.
 
 
 def build(out: Path) -> None:
-    from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, PriorTransformer,
-                           UnCLIPScheduler, UNet2DConditionModel, VQModel)
+    from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, UnCLIPScheduler,
+                           UNet2DConditionModel, VQModel)
     from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer,
                               CLIPVisionModelWithProjection)
 
@@ -56,13 +56,7 @@ def build(out: Path) -> None:
     image_processor = CLIPImageProcessor.from_pretrained(TINY_KARLO / "feature_extractor")
     assert text_encoder.config.projection_dim == HIDDEN == image_encoder.config.projection_dim
 
-    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=HIDDEN, num_layers=1)
-    with torch.no_grad():
-        prior.clip_mean.copy_(torch.randn(1, HIDDEN) * 0.5)
-        prior.clip_std.copy_(torch.rand(1, HIDDEN) + 0.5)
-        prior.positional_embedding.normal_(0.0, 0.5)
-        prior.prd_embedding.normal_(0.0, 0.5)
-    prior.eval()
+    prior = tiny_prior()
 
     unet = UNet2DConditionModel(
         in_channels=4, out_channels=8, addition_embed_type="image", encoder_hid_dim_type="image_proj",
