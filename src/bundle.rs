@@ -18,8 +18,9 @@ use crate::{Error, Result};
 
 /// The `format` string of every bundle.
 pub const FORMAT: &str = "unclip-bundle";
-/// The manifest version this unclip reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The newest manifest version this unclip reads: 1 (the Karlo layout) and 2 (which names its
+/// model `family`: `karlo` or `kandinsky2.2`) both load.
+pub const FORMAT_VERSION: u64 = 2;
 /// The manifest's file name inside a bundle directory.
 pub const MANIFEST: &str = "bundle.json";
 
@@ -109,6 +110,11 @@ pub struct PriorEntry {
     pub default_guidance_scale: f32,
     pub clip_mean: Vec<f32>,
     pub clip_std: Vec<f32>,
+    /// The image embedding guidance pushes away from when no negative prompt is given
+    /// (`.npy`, `(D,)` or `(1, D)`): Kandinsky 2.2's embedding of an all-zero image
+    /// (diffusers `KandinskyV22PriorPipeline.get_zero_embed`), a constant of the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_image_embed: Option<FileEntry>,
 }
 
 /// The 64×64 decoder with its text projection.
@@ -124,6 +130,58 @@ pub struct DecoderEntry {
     pub in_channels: usize,
     pub clip_extra_context_tokens: usize,
 }
+
+/// The latent decoder of the Kandinsky 2.2 family: a UNet conditioned on the image embedding
+/// alone, then the MoVQ image decoder (diffusers `KandinskyV22Pipeline`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatentDecoderEntry {
+    /// The UNet: `(sample, timestep, image_embeds)` → ε and the learned variance.
+    pub model: String,
+    pub scheduler: serde_json::Value,
+    pub default_steps: usize,
+    pub default_guidance_scale: f32,
+    /// Side of the images made when no size is asked.
+    pub default_size: usize,
+    pub latent_channels: usize,
+    /// The UNet's output channels: twice `latent_channels` with a learned variance.
+    pub out_channels: usize,
+    /// MoVQ decoder: latents → image in [−1, 1].
+    pub movq_decoder: String,
+    /// MoVQ encoder (img2img): image in [−1, 1] → latents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub movq_encoder: Option<String>,
+    /// Pixels per latent along each side.
+    pub movq_scale_factor: usize,
+}
+
+/// The model family: which stages follow the prior.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "family")]
+pub enum Layout {
+    /// DALL·E 2 as Karlo publishes it: a 64×64 pixel decoder with its text projection, then
+    /// diffusion upsamplers.
+    #[serde(rename = "karlo")]
+    Karlo {
+        decoder: DecoderEntry,
+        upsamplers: Vec<UpsamplerEntry>,
+    },
+    /// Kandinsky 2.2: a latent decoder UNet, then the MoVQ image decoder.
+    #[serde(rename = "kandinsky2.2")]
+    Kandinsky { decoder: LatentDecoderEntry },
+}
+
+impl Layout {
+    /// The family's name in `bundle.json`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Layout::Karlo { .. } => "karlo",
+            Layout::Kandinsky { .. } => "kandinsky2.2",
+        }
+    }
+}
+
+/// The families this unclip runs.
+pub const FAMILIES: &[&str] = &["karlo", "kandinsky2.2"];
 
 /// A super-resolution stage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,8 +216,9 @@ pub struct Manifest {
     #[serde(default)]
     pub image_encoder: Option<SimpleStage>,
     pub prior: PriorEntry,
-    pub decoder: DecoderEntry,
-    pub upsamplers: Vec<UpsamplerEntry>,
+    /// The stages after the prior, by family (`family`, `decoder`, `upsamplers`).
+    #[serde(flatten)]
+    pub layout: Layout,
     /// How the int8 models were made (calibration, nodes kept in fp32) and the fidelity the
     /// exporter measured (`quantization.int8.fidelity.passed`), as `export/quantize_bundle.py`
     /// writes it; absent without int8 models.
@@ -250,6 +309,12 @@ impl Bundle {
     pub fn files(&self) -> Vec<(&str, &str)> {
         let m = &self.manifest;
         let mut files = vec![(m.tokenizer.file.as_str(), m.tokenizer.sha256.as_str())];
+        files.extend(
+            m.prior
+                .negative_image_embed
+                .iter()
+                .map(|f| (f.file.as_str(), f.sha256.as_str())),
+        );
         for model in m.models.values() {
             files.push((model.file.as_str(), model.sha256.as_str()));
             files.extend(
@@ -312,11 +377,22 @@ impl Bundle {
 
     fn check_references(&self, manifest_path: &Path) -> Result<()> {
         let m = &self.manifest;
-        let mut keys = vec![&m.text_encoder.model, &m.prior.model, &m.decoder.model];
-        keys.extend([&m.decoder.text_proj, &m.decoder.text_proj_cfg]);
+        let mut keys = vec![&m.text_encoder.model, &m.prior.model];
         keys.extend(m.image_encoder.iter().map(|s| &s.model));
-        for up in &m.upsamplers {
-            keys.extend([&up.first, &up.last]);
+        match &m.layout {
+            Layout::Karlo {
+                decoder,
+                upsamplers,
+            } => {
+                keys.extend([&decoder.model, &decoder.text_proj, &decoder.text_proj_cfg]);
+                for up in upsamplers {
+                    keys.extend([&up.first, &up.last]);
+                }
+            }
+            Layout::Kandinsky { decoder } => {
+                keys.extend([&decoder.model, &decoder.movq_decoder]);
+                keys.extend(decoder.movq_encoder.as_ref());
+            }
         }
         for key in keys {
             self.model(key)?;
@@ -325,6 +401,32 @@ impl Bundle {
             path: manifest_path.to_path_buf(),
             reason,
         };
+        if let Layout::Kandinsky { decoder } = &m.layout {
+            if m.prior.negative_image_embed.is_none() {
+                return Err(invalid(
+                    "a kandinsky2.2 bundle needs prior.negative_image_embed (the zero-image \
+                     embedding): re-export it with export/export_bundle.py"
+                        .into(),
+                ));
+            }
+            let lc = decoder.latent_channels;
+            if lc == 0 || !(decoder.out_channels == lc || decoder.out_channels == 2 * lc) {
+                return Err(invalid(format!(
+                    "decoder out_channels {} must be latent_channels ({lc}) or twice it",
+                    decoder.out_channels
+                )));
+            }
+            let step = decoder.movq_scale_factor * 8;
+            if decoder.movq_scale_factor == 0
+                || decoder.default_size == 0
+                || decoder.default_size % step != 0
+            {
+                return Err(invalid(format!(
+                    "decoder default_size {} must be a positive multiple of 8 × movq_scale_factor ({})",
+                    decoder.default_size, decoder.movq_scale_factor
+                )));
+            }
+        }
         if m.prior.clip_mean.len() != m.embedding_dim || m.prior.clip_std.len() != m.embedding_dim {
             return Err(invalid(format!(
                 "prior clip_mean/clip_std have {}/{} values, embedding_dim is {}",
@@ -335,17 +437,23 @@ impl Bundle {
         }
         // The stages make RGB images: the decoder's and every upsampler's samples have 3
         // channels (`image_io::to_rgb8` converts exactly 3).
-        if m.decoder.in_channels != 3 {
-            return Err(invalid(format!(
-                "decoder in_channels is {}: unclip decodes RGB images (3 channels)",
-                m.decoder.in_channels
-            )));
-        }
-        if let Some(up) = m.upsamplers.iter().find(|up| up.in_channels != 3) {
-            return Err(invalid(format!(
-                "upsampler {} in_channels is {}: unclip upsamples RGB images (3 channels)",
-                up.name, up.in_channels
-            )));
+        if let Layout::Karlo {
+            decoder,
+            upsamplers,
+        } = &m.layout
+        {
+            if decoder.in_channels != 3 {
+                return Err(invalid(format!(
+                    "decoder in_channels is {}: unclip decodes RGB images (3 channels)",
+                    decoder.in_channels
+                )));
+            }
+            if let Some(up) = upsamplers.iter().find(|up| up.in_channels != 3) {
+                return Err(invalid(format!(
+                    "upsampler {} in_channels is {}: unclip upsamples RGB images (3 channels)",
+                    up.name, up.in_channels
+                )));
+            }
         }
         if m.tokenizer.max_length == 0 {
             return Err(invalid("tokenizer max_length is 0".into()));
@@ -419,12 +527,29 @@ fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         .get("format_version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| invalid("`format_version` missing or not an integer".into()))?;
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(Error::BundleVersion {
             path: path.to_path_buf(),
             found: version,
             supported: FORMAT_VERSION,
         });
+    }
+    let mut value = value;
+    match value.get("family") {
+        // Version 1 predates families: every version-1 bundle is Karlo's layout.
+        None if version == 1 => value["family"] = "karlo".into(),
+        None => return Err(invalid("`family` missing (version 2 names it)".into())),
+        Some(family) => {
+            if version == 1 {
+                return Err(invalid("`family` is a version-2 field: set format_version 2".into()));
+            }
+            if !family.as_str().is_some_and(|f| FAMILIES.contains(&f)) {
+                return Err(invalid(format!(
+                    "`family` is {family}: this unclip runs {}",
+                    FAMILIES.join(" and ")
+                )));
+            }
+        }
     }
     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }

@@ -52,7 +52,7 @@ pub enum Error {
     #[error("invalid bundle file {path}: {reason}")]
     BundleInvalid { path: PathBuf, reason: String },
     /// The bundle was written by a newer (or unknown) exporter.
-    #[error("unsupported bundle format_version {found} in {path}: this unclip reads version {supported}; upgrade unclip or re-export the bundle")]
+    #[error("unsupported bundle format_version {found} in {path}: this unclip reads versions 1 to {supported}; upgrade unclip or re-export the bundle")]
     BundleVersion {
         path: PathBuf,
         found: u64,

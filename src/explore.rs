@@ -177,7 +177,7 @@ impl Pipeline {
             ));
         }
         let embeddings = self.image_encoder()?.encode(images)?;
-        let size = self.decoder().sample_size();
+        let size = self.decoder()?.sample_size();
         let sources: Vec<Array4<f32>> = images.iter().map(|i| decoder_input(i, size)).collect();
         let views: Vec<_> = sources.iter().map(|a| a.view()).collect();
         let sources = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape {
@@ -258,7 +258,7 @@ impl Pipeline {
             return Err(Error::invalid("images", "give at least one image"));
         }
         let embeddings = self.image_encoder()?.encode(images)?;
-        let size = self.decoder().sample_size();
+        let size = self.decoder()?.sample_size();
         let sources: Vec<Array4<f32>> = images.iter().map(|i| decoder_input(i, size)).collect();
         let views: Vec<_> = sources.iter().map(|a| a.view()).collect();
         let sources = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape {
@@ -287,7 +287,7 @@ impl Pipeline {
         };
         let text = self.conditioning(&plain)?;
         let sampling = Sampling::new(steps, 1.0);
-        self.decoder().invert(
+        self.decoder()?.invert(
             sources.view(),
             embeddings.view(),
             &text,

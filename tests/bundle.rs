@@ -61,7 +61,7 @@ fn unknown_format_version() {
             err,
             Error::BundleVersion {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),

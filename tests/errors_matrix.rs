@@ -717,7 +717,7 @@ fn e07_format_version_unsupported() {
             &error,
             Error::BundleVersion {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),

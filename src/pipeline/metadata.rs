@@ -80,6 +80,11 @@ pub struct Reproduction {
     pub eta: f32,
     pub decoder_condition: DecoderCondition,
     pub output_size: usize,
+    /// The image's height when it differs from `output_size` (a non-square Kandinsky image).
+    pub output_height: Option<usize>,
+    /// img2img's strength: the image was made from an init image, which the record does not
+    /// hold (it cannot be reproduced from the record alone).
+    pub strength: Option<f64>,
     /// This image's CLIP image embedding `(D,)`, when the run did not make it with the prior.
     pub image_embedding: Option<Array1<f32>>,
     /// This image's starting decoder latents `(3, s, s)`, when given (DDIM inversion).
@@ -135,6 +140,8 @@ impl Generation {
             eta: s.eta,
             decoder_condition: s.decoder_condition,
             output_size: s.output_size,
+            output_height: (s.output_height != s.output_size).then_some(s.output_height),
+            strength: s.strength,
             image_embedding,
             decoder_latents,
             model: s.model.clone(),
@@ -202,6 +209,12 @@ impl Reproduction {
             ("decoder_condition", self.decoder_condition.to_string()),
             ("output_size", self.output_size.to_string()),
         ]);
+        if let Some(height) = self.output_height {
+            pairs.push(("output_height", height.to_string()));
+        }
+        if let Some(strength) = self.strength {
+            pairs.push(("strength", strength.to_string()));
+        }
         if let Some(embedding) = &self.image_embedding {
             pairs.push(("image_embedding", join(embedding.iter())));
         }
@@ -281,6 +294,14 @@ impl Reproduction {
             eta: fields.parse("eta")?,
             decoder_condition: fields.parse("decoder_condition")?,
             output_size: fields.parse("output_size")?,
+            output_height: match fields.optional("output_height") {
+                Some(_) => Some(fields.parse("output_height")?),
+                None => None,
+            },
+            strength: match fields.optional("strength") {
+                Some(_) => Some(fields.parse("strength")?),
+                None => None,
+            },
             image_embedding,
             decoder_latents,
             model: fields.text("model")?.to_string(),
@@ -321,6 +342,9 @@ impl Reproduction {
             super_res_scheduler: self.super_res_scheduler,
             eta: Some(self.eta),
             output_size: Some(self.output_size),
+            output_height: self.output_height,
+            init_image: None,
+            strength: None,
             decoder_latents,
             decoder_condition: self.decoder_condition,
         }
@@ -357,6 +381,16 @@ impl Pipeline {
                     record.precision,
                     self.precision(),
                     record.precision
+                ),
+            ));
+        }
+        if let Some(strength) = record.strength {
+            return Err(Error::invalid(
+                "reproduction metadata",
+                format!(
+                    "the image was made from an init image (img2img, strength {strength}), which \
+                     the record does not hold: run `unclip generate` with that --init-image and \
+                     the record's settings"
                 ),
             ));
         }

@@ -9,17 +9,20 @@ use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, Axis};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Layout};
 use crate::guidance;
 use crate::image_io::to_rgb8;
 use crate::noise::NoiseSource;
 use crate::runtime::{Model, Precision, Runtime};
+use crate::schedulers::SchedulerConfig;
 use crate::stages::{
-    Conditioning, Decoder, ImageEncoder, ModelCache, Observer, Prior, Stage, Upsampler,
+    Conditioning, Decoder, ImageEncoder, LatentDecoder, ModelCache, Observer, Prior, Stage,
+    Upsampler,
 };
 use crate::text::{TextEmbeddings, TextEncoder};
 use crate::{Error, Result};
 
+mod latent;
 mod metadata;
 mod request;
 
@@ -60,10 +63,20 @@ pub struct Pipeline {
     text: TextEncoder,
     image_encoder: Option<ImageEncoder>,
     prior: Prior,
-    decoder: Decoder,
-    upsamplers: Vec<Upsampler>,
+    images: ImageStages,
     options: LoadOptions,
     precision: Precision,
+}
+
+/// The stages after the prior, by the bundle's family.
+enum ImageStages {
+    /// Karlo: the 64×64 pixel decoder, then the upsamplers.
+    Pixel {
+        decoder: Decoder,
+        upsamplers: Vec<Upsampler>,
+    },
+    /// Kandinsky 2.2: the latent UNet and MoVQ.
+    Latent(LatentDecoder),
 }
 
 /// What the pipeline of `bundle` runs at on `runtime` (see [`Pipeline::precision`]).
@@ -144,13 +157,23 @@ impl Pipeline {
         let mut models = ModelCache::new(runtime, &bundle, precision == Precision::Int8);
         let image_encoder = ImageEncoder::load(&mut models, &bundle)?;
         let prior = Prior::load(&mut models, &bundle)?;
-        let decoder = Decoder::load(&mut models, &bundle)?;
-        let upsamplers = bundle
-            .manifest
-            .upsamplers
-            .iter()
-            .map(|entry| Upsampler::load(&mut models, entry, &bundle, options.upsampler_batch))
-            .collect::<Result<Vec<_>>>()?;
+        let images = match &bundle.manifest.layout {
+            Layout::Karlo {
+                decoder,
+                upsamplers,
+            } => ImageStages::Pixel {
+                decoder: Decoder::load(&mut models, &bundle, decoder)?,
+                upsamplers: upsamplers
+                    .iter()
+                    .map(|entry| {
+                        Upsampler::load(&mut models, entry, &bundle, options.upsampler_batch)
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            },
+            Layout::Kandinsky { decoder } => {
+                ImageStages::Latent(LatentDecoder::load(&mut models, &bundle, decoder)?)
+            }
+        };
         drop(models);
         Ok(Pipeline {
             bundle,
@@ -158,8 +181,7 @@ impl Pipeline {
             text,
             image_encoder,
             prior,
-            decoder,
-            upsamplers,
+            images,
             options: options.clone(),
             precision,
         })
@@ -204,26 +226,89 @@ impl Pipeline {
         &self.prior
     }
 
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
+    /// The bundle's model family (`karlo` or `kandinsky2.2`).
+    pub fn family(&self) -> &'static str {
+        self.bundle.manifest.layout.family()
     }
 
+    /// Karlo's 64×64 pixel decoder; an error naming the family for a latent-decoder bundle.
+    pub fn decoder(&self) -> Result<&Decoder> {
+        match &self.images {
+            ImageStages::Pixel { decoder, .. } => Ok(decoder),
+            ImageStages::Latent(_) => Err(self.karlo_only("the 64×64 pixel decoder")),
+        }
+    }
+
+    /// Kandinsky 2.2's latent decoder and MoVQ, when the bundle is of that family.
+    pub fn latent_decoder(&self) -> Option<&LatentDecoder> {
+        match &self.images {
+            ImageStages::Latent(decoder) => Some(decoder),
+            ImageStages::Pixel { .. } => None,
+        }
+    }
+
+    /// The upsamplers (none for a latent-decoder bundle).
     pub fn upsamplers(&self) -> &[Upsampler] {
-        &self.upsamplers
+        match &self.images {
+            ImageStages::Pixel { upsamplers, .. } => upsamplers,
+            ImageStages::Latent(_) => &[],
+        }
     }
 
-    /// The image sizes this bundle can make: the decoder's, then each upsampler's.
+    /// The decoder stage's ONNX models (for timings and low-memory release).
+    pub fn decoder_models(&self) -> Vec<&Model> {
+        match &self.images {
+            ImageStages::Pixel { decoder, .. } => decoder.models().to_vec(),
+            ImageStages::Latent(decoder) => decoder.models(),
+        }
+    }
+
+    /// The decoder's default steps and guidance scale, and its scheduler config.
+    pub fn decoder_defaults(&self) -> (usize, f32, &SchedulerConfig) {
+        match &self.images {
+            ImageStages::Pixel { decoder, .. } => (
+                decoder.default_steps,
+                decoder.default_guidance_scale,
+                decoder.scheduler_config(),
+            ),
+            ImageStages::Latent(decoder) => (
+                decoder.default_steps,
+                decoder.default_guidance_scale,
+                decoder.scheduler_config(),
+            ),
+        }
+    }
+
+    /// The square image sizes this bundle names: the decoder's, then each upsampler's (Karlo);
+    /// the default size (Kandinsky, which makes any multiple of
+    /// [`LatentDecoder::size_multiple`], non-square too).
     pub fn sizes(&self) -> Vec<usize> {
-        std::iter::once(self.decoder.sample_size())
-            .chain(self.upsamplers.iter().map(|u| u.sample_size()))
-            .collect()
+        match &self.images {
+            ImageStages::Pixel {
+                decoder,
+                upsamplers,
+            } => std::iter::once(decoder.sample_size())
+                .chain(upsamplers.iter().map(|u| u.sample_size()))
+                .collect(),
+            ImageStages::Latent(decoder) => vec![decoder.default_size()],
+        }
     }
 
-    /// Side length of the final images.
+    /// Side length of the final images by default.
     pub fn output_size(&self) -> usize {
-        self.upsamplers
-            .last()
-            .map_or(self.decoder.sample_size(), |u| u.sample_size())
+        self.sizes().last().copied().unwrap_or(0)
+    }
+
+    /// The error of a Karlo-only feature asked of another family.
+    pub(crate) fn karlo_only(&self, what: &str) -> Error {
+        Error::invalid(
+            "model family",
+            format!(
+                "{what} is part of Karlo's layout; bundle {:?} is {}: use a karlo bundle",
+                self.bundle.manifest.name,
+                self.family()
+            ),
+        )
     }
 
     /// The text conditioning of a request: each prompt's CLIP text encoding repeated once per
@@ -231,12 +316,12 @@ impl Pipeline {
     /// (`[uncond, cond]`, diffusers' `_encode_prompt`).
     fn condition(
         &self,
+        prompts: &[&str],
         request: &TextToImage,
         settings: &ResolvedSettings,
     ) -> Result<(crate::text::Tokens, Conditioning)> {
         let n = settings.num_images_per_prompt;
-        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
-        let (tokens, cond) = self.text.encode(&prompts)?;
+        let (tokens, cond) = self.text.encode(prompts)?;
         let cond = repeat_rows(&cond, n);
         let text = if settings.classifier_free_guidance {
             let negative = request.negative_prompt.as_deref().unwrap_or("");
@@ -266,7 +351,8 @@ impl Pipeline {
     /// request, checked as [`Pipeline::generate`] checks it.
     pub fn conditioning(&self, request: &TextToImage) -> Result<Conditioning> {
         let settings = self.resolve(request)?;
-        Ok(self.condition(request, &settings)?.1)
+        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+        Ok(self.condition(&prompts, request, &settings)?.1)
     }
 
     /// The CLIP image embeddings the prior predicts for `request.prompts` (stage 2 alone), one
@@ -282,12 +368,31 @@ impl Pipeline {
         let mut request = request.clone();
         request.image_embeddings = None;
         let settings = self.resolve(&request)?;
-        let (_, text) = self.condition(&request, &settings)?;
+        let prompts = self.prior_prompts(&request);
+        let (_, text) = self.condition(&prompts, &request, &settings)?;
         crate::stages::report(observer, Stage::Text, 1, 1)?;
-        Ok(self
+        let rows = request.prompts.len() * settings.num_images_per_prompt;
+        let sampled = self
             .prior
             .sample(&text, &settings.prior_sampling(), noise, observer)?
-            .image_embeddings)
+            .image_embeddings;
+        Ok(sampled.slice(ndarray::s![..rows, ..]).to_owned())
+    }
+
+    /// The prompts the prior samples: the request's, then — Kandinsky 2.2 with a negative prompt
+    /// and no given embeddings — the negative prompt once per prompt (diffusers
+    /// `KandinskyV22PriorPipeline.__call__`: `prompt = prompt + negative_prompt`), whose samples
+    /// are the decoder's unconditional branch.
+    fn prior_prompts<'a>(&self, request: &'a TextToImage) -> Vec<&'a str> {
+        let mut prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+        if let (Some(negative), Some(_), None) = (
+            request.negative_prompt.as_deref(),
+            self.latent_decoder(),
+            &request.image_embeddings,
+        ) {
+            prompts.extend(std::iter::repeat_n(negative, request.prompts.len()));
+        }
+        prompts
     }
 
     /// Runs text → image. `observer` sees every step and may cancel between steps.
@@ -299,110 +404,203 @@ impl Pipeline {
     ) -> Result<Generation> {
         let settings = self.resolve(request)?;
         let started = Instant::now();
-        let mut timings = Vec::new();
-        let mut intermediates = BTreeMap::new();
-        let record = request.record_intermediates;
-        let mut keep = |name: &str, tensor: Tensor| {
-            if record {
-                intermediates.insert(name.to_string(), tensor);
-            }
+        let mut run = Run {
+            timings: Vec::new(),
+            record: request.record_intermediates,
+            intermediates: BTreeMap::new(),
         };
         let mut tap = NoiseTap {
             inner: noise,
             drawn: Vec::new(),
-            record,
+            record: request.record_intermediates,
         };
         let n = settings.num_images_per_prompt;
+        let rows = request.prompts.len() * n;
+        let prior_negatives =
+            self.latent_decoder().is_some() && request.negative_prompt.is_some();
+        let prompts = self.prior_prompts(request);
 
         // 1. text
-        let mut clock = StageClock::start("text", &[self.text.model()]);
+        let clock = StageClock::start("text", &[self.text.model()]);
         let release = Release(vec![self.text.model()]);
-        let (tokens, text) = self.condition(request, &settings)?;
+        let (tokens, text) = self.condition(&prompts, request, &settings)?;
         drop(release);
-        keep("prompt_ids", Tensor::I64(tokens.ids.clone().into_dyn()));
-        keep("prompt_mask", Tensor::I64(tokens.mask.clone().into_dyn()));
-        keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
-        keep(
+        let prompt_rows = ndarray::s![..request.prompts.len(), ..];
+        run.keep("prompt_ids", Tensor::I64(tokens.ids.slice(prompt_rows).to_owned().into_dyn()));
+        run.keep("prompt_mask", Tensor::I64(tokens.mask.slice(prompt_rows).to_owned().into_dyn()));
+        run.keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
+        run.keep(
             "text_hidden_states",
             Tensor::F32(text.hidden_states.clone().into_dyn()),
         );
-        keep("text_mask", Tensor::I64(text.mask.clone().into_dyn()));
-        timings.push(clock.stop());
+        run.keep("text_mask", Tensor::I64(text.mask.clone().into_dyn()));
+        run.timings.push(clock.stop());
         crate::stages::report(observer, Stage::Text, 1, 1)?;
 
         // 2. prior (or the given embeddings)
+        let mut negatives = None;
         let image_embeddings = match &request.image_embeddings {
             _ if request.decoder_condition == DecoderCondition::TextEmbedding => {
                 // The conditional half of the text batch: one row per prompt and image.
-                let rows = text.embeds.nrows();
+                let all = text.embeds.nrows();
                 text.embeds
-                    .slice(ndarray::s![rows - request.prompts.len() * n.., ..])
+                    .slice(ndarray::s![all - prompts.len() * n.., ..])
+                    .slice(ndarray::s![..rows, ..])
                     .to_owned()
             }
             _ if request.decoder_condition == DecoderCondition::Caption => {
-                Array2::zeros((request.prompts.len() * n, self.prior.embedding_dim()))
+                Array2::zeros((rows, self.prior.embedding_dim()))
             }
             Some(given) => {
                 // One row per prompt, or one row for all (checked in `resolve`); then per image.
-                let rows: Vec<usize> = (0..request.prompts.len() * n)
+                let picks: Vec<usize> = (0..rows)
                     .map(|i| if given.nrows() == 1 { 0 } else { i / n })
                     .collect();
-                given.select(Axis(0), &rows)
+                if prior_negatives {
+                    // The negative prompt's own prior sample (diffusers `interpolate` with a
+                    // `negative_prompt`).
+                    let negative = request.negative_prompt.as_deref().unwrap_or_default();
+                    let texts = vec![negative; request.prompts.len()];
+                    let mut negative_request = request.clone();
+                    negative_request.negative_prompt = None;
+                    let (_, negative_text) = self.condition(&texts, &negative_request, &settings)?;
+                    let sampled = self.run_prior(&negative_text, &settings, &mut tap, observer, &mut run)?;
+                    negatives = Some(sampled);
+                }
+                given.select(Axis(0), &picks)
             }
             None => {
-                clock = StageClock::start("prior", &[self.prior.model()]);
-                let release = Release(vec![self.prior.model()]);
-                let out =
-                    self.prior
-                        .sample(&text, &settings.prior_sampling(), &mut tap, observer)?;
-                drop(release);
-                keep("prior_latents", Tensor::F32(out.latents.into_dyn()));
-                timings.push(clock.stop());
-                out.image_embeddings
+                let sampled = self.run_prior(&text, &settings, &mut tap, observer, &mut run)?;
+                if prior_negatives {
+                    negatives = Some(sampled.slice(ndarray::s![rows.., ..]).to_owned());
+                    sampled.slice(ndarray::s![..rows, ..]).to_owned()
+                } else {
+                    sampled
+                }
             }
         };
-        keep(
+        run.keep(
             "image_embeddings",
             Tensor::F32(image_embeddings.clone().into_dyn()),
         );
 
-        // 3. decoder
-        clock = StageClock::start("decoder", &self.decoder.models());
-        let release = Release(self.decoder.models().to_vec());
+        // 3. the family's image stages
+        let images = match &self.images {
+            ImageStages::Pixel {
+                decoder,
+                upsamplers,
+            } => self.decode_pixels(
+                (decoder, upsamplers),
+                &image_embeddings,
+                &text,
+                request,
+                &settings,
+                &mut tap,
+                observer,
+                &mut run,
+            )?,
+            ImageStages::Latent(decoder) => self.decode_latents(
+                decoder,
+                &image_embeddings,
+                negatives,
+                request,
+                &settings,
+                &mut tap,
+                observer,
+                &mut run,
+            )?,
+        };
+        for (i, drawn) in tap.drawn.into_iter().enumerate() {
+            run.keep(&format!("noise_{i:03}"), Tensor::F32(drawn));
+        }
+        let images = to_rgb8(images.view());
+        run.timings.push(StageTiming {
+            stage: "total".into(),
+            seconds: started.elapsed().as_secs_f64(),
+            ort_seconds: run.timings.iter().map(|t| t.ort_seconds).sum(),
+        });
+        Ok(Generation {
+            images,
+            image_embeddings,
+            settings,
+            timings: run.timings,
+            intermediates: run.intermediates,
+            request: TextToImage {
+                record_intermediates: false,
+                ..request.clone()
+            },
+        })
+    }
+
+    /// The prior stage of a run: its image embeddings, one row per conditioned image.
+    fn run_prior(
+        &self,
+        text: &Conditioning,
+        settings: &ResolvedSettings,
+        noise: &mut dyn NoiseSource,
+        observer: &mut Observer<'_>,
+        run: &mut Run,
+    ) -> Result<Array2<f32>> {
+        let clock = StageClock::start("prior", &[self.prior.model()]);
+        let release = Release(vec![self.prior.model()]);
+        let out = self
+            .prior
+            .sample(text, &settings.prior_sampling(), noise, observer)?;
+        drop(release);
+        run.keep("prior_latents", Tensor::F32(out.latents.into_dyn()));
+        run.timings.push(clock.stop());
+        Ok(out.image_embeddings)
+    }
+
+    /// Karlo's image stages: the 64×64 decoder, then the upsamplers; images in [−1, 1].
+    #[allow(clippy::too_many_arguments)]
+    fn decode_pixels(
+        &self,
+        (decoder, upsamplers): (&Decoder, &[Upsampler]),
+        image_embeddings: &Array2<f32>,
+        text: &Conditioning,
+        request: &TextToImage,
+        settings: &ResolvedSettings,
+        tap: &mut NoiseTap<'_>,
+        observer: &mut Observer<'_>,
+        run: &mut Run,
+    ) -> Result<ndarray::Array4<f32>> {
+        let clock = StageClock::start("decoder", &decoder.models());
+        let release = Release(decoder.models().to_vec());
         let initial = request.decoder_latents.as_ref().map(|given| {
             let rows: Vec<usize> = (0..image_embeddings.nrows())
                 .map(|i| if given.shape()[0] == 1 { 0 } else { i })
                 .collect();
             given.select(Axis(0), &rows)
         });
-        let decoded = self.decoder.sample(
+        let decoded = decoder.sample(
             image_embeddings.view(),
-            &text,
+            text,
             &settings.decoder_sampling(),
             initial.as_ref().map(|a| a.view()),
-            &mut tap,
+            tap,
             observer,
         )?;
         drop(release);
-        timings.push(clock.stop());
-        keep(
+        run.timings.push(clock.stop());
+        run.keep(
             "decoder_hidden_states",
             Tensor::F32(decoded.hidden_states.into_dyn()),
         );
-        keep(
+        run.keep(
             "additive_clip_time_embeddings",
             Tensor::F32(decoded.additive_clip_time_embeddings.into_dyn()),
         );
-        keep("decoder_mask", Tensor::I64(decoded.mask.into_dyn()));
-        keep(
+        run.keep("decoder_mask", Tensor::I64(decoded.mask.into_dyn()));
+        run.keep(
             "decoder_out",
             Tensor::F32(decoded.images.clone().into_dyn()),
         );
 
-        // 4. upsamplers, each fed the previous output clamped to [−1, 1]
+        // upsamplers, each fed the previous output clamped to [−1, 1]
         let mut images = decoded.images;
-        for (i, upsampler) in self.upsamplers.iter().enumerate().take(settings.upsamplers) {
-            clock = StageClock::start(&upsampler.name, &upsampler.models());
+        for (i, upsampler) in upsamplers.iter().enumerate().take(settings.upsamplers) {
+            let clock = StageClock::start(&upsampler.name, &upsampler.models());
             let release = Release(upsampler.models().to_vec());
             if i > 0 {
                 images.mapv_inplace(|x| x.clamp(-1.0, 1.0));
@@ -411,46 +609,42 @@ impl Pipeline {
                 i,
                 images.view(),
                 &settings.super_res_sampling(i),
-                &mut tap,
+                tap,
                 observer,
             )?;
             drop(release);
-            timings.push(clock.stop());
+            run.timings.push(clock.stop());
             let suffix = if i == 0 {
                 String::new()
             } else {
                 format!("_{i}")
             };
-            keep(
+            run.keep(
                 &format!("upsampled{suffix}"),
                 Tensor::F32(out.upsampled.into_dyn()),
             );
-            keep(
+            run.keep(
                 &format!("sr_out{suffix}"),
                 Tensor::F32(out.images.clone().into_dyn()),
             );
             images = out.images;
         }
-        for (i, drawn) in tap.drawn.into_iter().enumerate() {
-            keep(&format!("noise_{i:03}"), Tensor::F32(drawn));
+        Ok(images)
+    }
+}
+
+/// What a run collects besides its images: stage timings and, when asked, intermediates.
+struct Run {
+    timings: Vec<StageTiming>,
+    record: bool,
+    intermediates: BTreeMap<String, Tensor>,
+}
+
+impl Run {
+    fn keep(&mut self, name: &str, tensor: Tensor) {
+        if self.record {
+            self.intermediates.insert(name.to_string(), tensor);
         }
-        let images = to_rgb8(images.view());
-        timings.push(StageTiming {
-            stage: "total".into(),
-            seconds: started.elapsed().as_secs_f64(),
-            ort_seconds: timings.iter().map(|t| t.ort_seconds).sum(),
-        });
-        Ok(Generation {
-            images,
-            image_embeddings,
-            settings,
-            timings,
-            intermediates,
-            request: TextToImage {
-                record_intermediates: false,
-                ..request.clone()
-            },
-        })
     }
 }
 

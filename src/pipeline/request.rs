@@ -83,9 +83,17 @@ pub struct TextToImage {
     /// DDIM's η for the stages that run DDIM (default 0: deterministic). An η above 0 with no
     /// DDIM stage is an error.
     pub eta: Option<f32>,
-    /// Side of the images to make (default: the largest, after every upsampler): the decoder's
-    /// size or any upsampler's; the stages after it are skipped.
+    /// Side (width, when `output_height` is given) of the images to make. Karlo: the decoder's
+    /// size or any upsampler's (default: the largest, after every upsampler); the stages after it
+    /// are skipped. Kandinsky 2.2: any multiple of 64 (default: the bundle's `default_size`).
     pub output_size: Option<usize>,
+    /// Height of the images when it differs from `output_size` (Kandinsky 2.2 only).
+    pub output_height: Option<usize>,
+    /// img2img (Kandinsky 2.2): the image the decoder starts from, noised to `strength` of the
+    /// schedule (diffusers `KandinskyV22Img2ImgPipeline`). Resized to the output size.
+    pub init_image: Option<image::RgbImage>,
+    /// How much of the decoder's schedule img2img runs, in (0, 1] (default 0.3, diffusers').
+    pub strength: Option<f64>,
     /// Start the decoder from these latents instead of drawing noise, `(images, 3, 64, 64)` or
     /// `(1, 3, 64, 64)` for all (a DDIM-inverted `x_T`, see [`Pipeline::vary_inverted`]).
     pub decoder_latents: Option<Array4<f32>>,
@@ -116,8 +124,15 @@ pub struct ResolvedSettings {
     pub eta: f32,
     /// How many upsamplers run (all unless a smaller `output_size` was asked).
     pub upsamplers: usize,
-    /// Side of the images made.
+    /// Width of the images made (their side when square).
     pub output_size: usize,
+    /// Height of the images made.
+    pub output_height: usize,
+    /// Whether the decoder runs classifier-free guidance (Karlo: with the prior; Kandinsky 2.2:
+    /// when its own scale is above 1).
+    pub decoder_guidance: bool,
+    /// img2img's strength (None without an init image).
+    pub strength: Option<f64>,
     /// The bundle's name and the sha256 of its `bundle.json` (for reproduction metadata).
     pub model: String,
     pub model_sha256: String,
@@ -167,6 +182,8 @@ impl Pipeline {
     /// Resolves defaults and checks every parameter before any work starts.
     pub fn resolve(&self, request: &TextToImage) -> Result<ResolvedSettings> {
         let n = self.check_batch(request)?;
+        let (decoder_default_steps, decoder_default_scale, decoder_scheduler) =
+            self.decoder_defaults();
         let prior_guidance_scale = guidance_scale(
             "prior guidance scale",
             request.prior_guidance_scale,
@@ -175,19 +192,21 @@ impl Pipeline {
         let decoder_guidance_scale = guidance_scale(
             "decoder guidance scale",
             request.decoder_guidance_scale,
-            self.decoder.default_guidance_scale,
+            decoder_default_scale,
         )?;
         let super_res_steps = self.super_res_steps(&request.super_res_steps)?;
         self.check_given_embeddings(request)?;
         let prior_steps = request.prior_steps.unwrap_or(self.prior.default_steps);
-        let decoder_steps = request.decoder_steps.unwrap_or(self.decoder.default_steps);
+        let decoder_steps = request.decoder_steps.unwrap_or(decoder_default_steps);
         check_steps("prior steps", prior_steps)?;
         check_steps("decoder steps", decoder_steps)?;
         for &steps in &super_res_steps {
             check_steps("super-resolution steps", steps)?;
         }
         self.check_decoder_latents(request, request.prompts.len() * n)?;
-        let upsamplers = self.upsamplers_for(request.output_size)?;
+        let (upsamplers, output_size, output_height) = self.output_for(request)?;
+        let strength = self.check_init_image(request, decoder_steps)?;
+        let latent = self.latent_decoder().is_some();
         let settings = ResolvedSettings {
             prior_steps,
             decoder_steps,
@@ -195,8 +214,15 @@ impl Pipeline {
             prior_guidance_scale,
             decoder_guidance_scale,
             num_images_per_prompt: n,
-            // diffusers: CFG runs for both stages when either scale is above 1.
-            classifier_free_guidance: prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0,
+            // diffusers' UnCLIPPipeline: CFG runs for both stages when either scale is above 1;
+            // the Kandinsky 2.2 pipelines decide per stage.
+            classifier_free_guidance: if latent {
+                prior_guidance_scale > 1.0
+            } else {
+                prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0
+            },
+            decoder_guidance: decoder_guidance_scale > 1.0 || (!latent && prior_guidance_scale > 1.0),
+            strength,
             ran_prior: request.image_embeddings.is_none()
                 && request.decoder_condition == DecoderCondition::Prior,
             decoder_condition: request.decoder_condition,
@@ -205,9 +231,9 @@ impl Pipeline {
                 .unwrap_or_else(|| self.prior.scheduler_config().kind()),
             decoder_scheduler: request
                 .decoder_scheduler
-                .unwrap_or_else(|| self.decoder.scheduler_config().kind()),
+                .unwrap_or_else(|| decoder_scheduler.kind()),
             super_res_scheduler: self
-                .upsamplers
+                .upsamplers()
                 .iter()
                 .map(|u| {
                     request
@@ -217,7 +243,8 @@ impl Pipeline {
                 .collect(),
             eta: request.eta.unwrap_or(0.0),
             upsamplers,
-            output_size: self.sizes()[upsamplers],
+            output_size,
+            output_height,
             model: self.bundle.manifest.name.clone(),
             model_sha256: self.bundle.manifest_sha256.clone(),
             precision: self.precision,
@@ -249,18 +276,18 @@ impl Pipeline {
 
     /// Steps of every upsampler: the given ones, then the bundle's defaults.
     fn super_res_steps(&self, given: &[usize]) -> Result<Vec<usize>> {
-        if given.len() > self.upsamplers.len() {
+        if given.len() > self.upsamplers().len() {
             return Err(Error::invalid(
                 "super-resolution steps",
                 format!(
                     "{} values given, the bundle has {} upsampler(s)",
                     given.len(),
-                    self.upsamplers.len()
+                    self.upsamplers().len()
                 ),
             ));
         }
         Ok(self
-            .upsamplers
+            .upsamplers()
             .iter()
             .enumerate()
             .map(|(i, u)| given.get(i).copied().unwrap_or(u.default_steps))
@@ -312,7 +339,7 @@ impl Pipeline {
         let Some(latents) = &request.decoder_latents else {
             return Ok(());
         };
-        let size = self.decoder.sample_size();
+        let size = self.decoder()?.sample_size();
         let shape = latents.shape();
         if !(shape[0] == 1 || shape[0] == images) || shape[1..] != [3, size, size] {
             return Err(Error::Shape {
@@ -329,10 +356,72 @@ impl Pipeline {
         Ok(())
     }
 
+    /// How many upsamplers run, and the width and height of the images made.
+    fn output_for(&self, request: &TextToImage) -> Result<(usize, usize, usize)> {
+        if let Some(latent) = self.latent_decoder() {
+            let width = request.output_size.unwrap_or(latent.default_size());
+            let height = request.output_height.unwrap_or(width);
+            latent.latent_size(height, width)?;
+            return Ok((0, width, height));
+        }
+        if let Some(height) = request.output_height {
+            if Some(height) != request.output_size {
+                return Err(Error::invalid(
+                    "size",
+                    format!(
+                        "{}x{height}: this bundle ({}) makes square images: give one side",
+                        request.output_size.unwrap_or(self.output_size()),
+                        self.family()
+                    ),
+                ));
+            }
+        }
+        let upsamplers = self.upsamplers_for(request.output_size)?;
+        let side = self.sizes()[upsamplers];
+        Ok((upsamplers, side, side))
+    }
+
+    /// img2img's init image and strength: a latent-decoder bundle with a MoVQ encoder, a strength
+    /// that runs at least one step. Returns the strength (None without an init image).
+    fn check_init_image(&self, request: &TextToImage, decoder_steps: usize) -> Result<Option<f64>> {
+        let Some(image) = &request.init_image else {
+            if let Some(strength) = request.strength {
+                return Err(Error::invalid(
+                    "strength",
+                    format!("{strength} given without an init image: give one, or drop strength"),
+                ));
+            }
+            return Ok(None);
+        };
+        if self.latent_decoder().is_none() {
+            return Err(Error::invalid(
+                "init image",
+                format!(
+                    "img2img runs on a latent decoder (kandinsky2.2); bundle {:?} is {}: use a \
+                     kandinsky2.2 bundle, or `unclip vary` for variations of an image",
+                    self.bundle.manifest.name,
+                    self.family()
+                ),
+            ));
+        }
+        if image.width() == 0 || image.height() == 0 {
+            return Err(Error::invalid("init image", "the image is empty (0 pixels)"));
+        }
+        if request.decoder_latents.is_some() {
+            return Err(Error::invalid(
+                "init image",
+                "an init image and given decoder latents both set the decoder's start: drop one",
+            ));
+        }
+        let strength = request.strength.unwrap_or(DEFAULT_STRENGTH);
+        crate::stages::latent::img2img_start(decoder_steps, strength)?;
+        Ok(Some(strength))
+    }
+
     /// How many upsamplers run to make `output_size` (all when it is not given).
     fn upsamplers_for(&self, output_size: Option<usize>) -> Result<usize> {
         let Some(size) = output_size else {
-            return Ok(self.upsamplers.len());
+            return Ok(self.upsamplers().len());
         };
         let sizes = self.sizes();
         sizes.iter().position(|&s| s == size).ok_or_else(|| {
@@ -379,9 +468,9 @@ impl Pipeline {
         }
         settings
             .decoder_sampling()
-            .build("decoder steps", self.decoder.scheduler_config())?;
+            .build("decoder steps", self.decoder_defaults().2)?;
         uses_ddim |= settings.decoder_scheduler == SchedulerKind::Ddim;
-        for (i, upsampler) in self.upsamplers.iter().enumerate().take(upsamplers) {
+        for (i, upsampler) in self.upsamplers().iter().enumerate().take(upsamplers) {
             settings
                 .super_res_sampling(i)
                 .build("super-resolution steps", upsampler.scheduler_config())?;
@@ -400,6 +489,9 @@ impl Pipeline {
         Ok(())
     }
 }
+
+/// img2img's strength when none is given (diffusers `KandinskyV22Img2ImgPipeline`).
+pub const DEFAULT_STRENGTH: f64 = 0.3;
 
 /// A guidance scale, or its default, checked to be finite and in 0..=100.
 fn guidance_scale(name: &'static str, value: Option<f32>, default: f32) -> Result<f32> {

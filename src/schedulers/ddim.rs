@@ -301,6 +301,10 @@ impl Scheduler for DDIMScheduler {
         &self.timesteps
     }
 
+    fn noising_schedule(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// `DDIMScheduler.step(model_output, timesteps[step_index], sample, eta)` with
     /// `use_clipped_model_output=False`: from ᾱ_t to ᾱ_prev at `t − T // N`
     /// ([`DDIMScheduler::prev_timestep`]). With η > 0 one noise tensor of the sample's shape is

@@ -229,33 +229,7 @@ impl DDPMScheduler {
         noise: ArrayViewD<'_, f32>,
         timestep: i64,
     ) -> Result<ArrayD<f32>> {
-        if original.shape() != noise.shape() {
-            return Err(Error::Shape {
-                what: "add_noise noise".into(),
-                expected: format!("{:?}", original.shape()),
-                found: noise.shape().to_vec(),
-            });
-        }
-        let alpha_prod = usize::try_from(timestep)
-            .ok()
-            .and_then(|t| self.alphas_cumprod.get(t).copied())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "timestep",
-                    format!(
-                        "{timestep} is outside the trained timesteps 0..{}",
-                        self.alphas_cumprod.len()
-                    ),
-                )
-            })?;
-        let sqrt_alpha_prod = alpha_prod.sqrt();
-        let sqrt_one_minus_alpha_prod = (1.0 - alpha_prod).sqrt();
-        let mut noisy = ArrayD::<f32>::zeros(original.raw_dim());
-        Zip::from(&mut noisy)
-            .and(&original)
-            .and(&noise)
-            .for_each(|out, &x, &z| *out = sqrt_alpha_prod * x + sqrt_one_minus_alpha_prod * z);
-        Ok(noisy)
+        super::add_noise(&self.alphas_cumprod, original, noise, timestep)
     }
 
     /// `torch.split(model_output, sample.shape[1], dim=1)` when the output has twice the sample's
@@ -328,6 +302,10 @@ impl DDPMScheduler {
 impl Scheduler for DDPMScheduler {
     fn timesteps(&self) -> &[i64] {
         &self.timesteps
+    }
+
+    fn noising_schedule(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
     }
 
     /// `DDPMScheduler.step(model_output, timesteps[step_index], sample, generator)`: from ᾱ_t to

@@ -74,6 +74,52 @@ pub trait Scheduler: Send + Sync {
     fn init_noise_sigma(&self) -> f32 {
         1.0
     }
+
+    /// ᾱ_t (t = 0 … T − 1) when a loop may start mid-schedule from a noised image (img2img:
+    /// [`add_noise`] at the first timestep run, then `step` from that index on), as the
+    /// single-step DDPM-family schedulers can; `None` for the others (DPM-Solver++'s multistep
+    /// history starts at its first step).
+    fn noising_schedule(&self) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// diffusers `DDPMScheduler.add_noise(original_samples, noise, timesteps)` for one timestep
+/// (img2img's start; DDIM's and UnCLIP's are the same formula): `√ᾱ_t · x₀ + √(1 − ᾱ_t) · ε`,
+/// in f32 as torch computes it.
+pub fn add_noise(
+    alphas_cumprod: &[f32],
+    original: ArrayViewD<'_, f32>,
+    noise: ArrayViewD<'_, f32>,
+    timestep: i64,
+) -> Result<ArrayD<f32>> {
+    if original.shape() != noise.shape() {
+        return Err(Error::Shape {
+            what: "add_noise noise".into(),
+            expected: format!("{:?}", original.shape()),
+            found: noise.shape().to_vec(),
+        });
+    }
+    let alpha_prod = usize::try_from(timestep)
+        .ok()
+        .and_then(|t| alphas_cumprod.get(t).copied())
+        .ok_or_else(|| {
+            Error::invalid(
+                "timestep",
+                format!(
+                    "{timestep} is outside the trained timesteps 0..{}",
+                    alphas_cumprod.len()
+                ),
+            )
+        })?;
+    let sqrt_alpha_prod = alpha_prod.sqrt();
+    let sqrt_one_minus_alpha_prod = (1.0 - alpha_prod).sqrt();
+    let mut noisy = ArrayD::<f32>::zeros(original.raw_dim());
+    ndarray::Zip::from(&mut noisy)
+        .and(&original)
+        .and(&noise)
+        .for_each(|out, &x, &z| *out = sqrt_alpha_prod * x + sqrt_one_minus_alpha_prod * z);
+    Ok(noisy)
 }
 
 /// How `set_timesteps` spreads N inference timesteps over the T trained ones (`timestep_spacing`;

@@ -401,6 +401,10 @@ impl Scheduler for UnCLIPScheduler {
         &self.timesteps
     }
 
+    fn noising_schedule(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// `UnCLIPScheduler.step` as `UnCLIPPipeline.__call__` calls it: `prev_timestep` is the next
     /// timestep of the list, and on the last step diffusers passes `None`, i.e. `t − 1`; the last
     /// timestep is 0 for N ≥ 2, so that is −1 (ᾱ_prev = 1) and no noise is drawn. For N = 1 the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ndarray::{concatenate, s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis};
 
 use super::{report, timestep_batch, Conditioning, ModelCache, Observer, Sampling, Stage};
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, DecoderEntry};
 use crate::guidance;
 use crate::noise::NoiseSource;
 use crate::runtime::{Input, Model};
@@ -54,8 +54,11 @@ impl Decoder {
         &self.scheduler
     }
 
-    pub(crate) fn load(models: &mut ModelCache<'_>, bundle: &Bundle) -> Result<Self> {
-        let entry = &bundle.manifest.decoder;
+    pub(crate) fn load(
+        models: &mut ModelCache<'_>,
+        bundle: &Bundle,
+        entry: &DecoderEntry,
+    ) -> Result<Self> {
         Ok(Decoder {
             model: models.get(&entry.model, super::cfg_profile())?,
             text_proj: models.get(&entry.text_proj, super::image_profile())?,

@@ -2,6 +2,7 @@
 //! (text → image embedding), the decoder (image embedding → 64×64) and the upsamplers.
 
 pub mod decoder;
+pub mod latent;
 pub mod prior;
 pub mod upsampler;
 
@@ -19,6 +20,7 @@ use crate::{Error, Result};
 
 pub use crate::vision::ImageEncoder;
 pub use decoder::{Decoder, DecoderOutput};
+pub use latent::{InitLatents, LatentDecoder, LatentOutput};
 pub use prior::{Prior, PriorOutput};
 pub use upsampler::{Upsampler, UpsamplerOutput};
 

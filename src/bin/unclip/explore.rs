@@ -192,7 +192,7 @@ fn invert_subject(
     let steps = settings
         .request
         .decoder_steps
-        .unwrap_or(pipeline.decoder().default_steps);
+        .unwrap_or(pipeline.decoder_defaults().0);
     let latents =
         pipeline.invert_images(std::slice::from_ref(image), steps, &mut |p| bars.update(p))?;
     settings.decoder_latents = Some(latents);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use unclip::bundle::{Bundle, Dim};
+use unclip::bundle::{Bundle, Dim, Layout};
 
 pub(crate) fn shape_string(shape: &[Dim]) -> String {
     let dims: Vec<String> = shape
@@ -61,8 +61,12 @@ pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
     let m = &bundle.manifest;
     println!("bundle   {} ({})", m.name, dir.display());
     println!(
-        "format   {} v{}, dtype {}, source {}",
-        m.format, m.format_version, m.dtype, m.source
+        "format   {} v{}, family {}, dtype {}, source {}",
+        m.format,
+        m.format_version,
+        m.layout.family(),
+        m.dtype,
+        m.source
     );
     println!("sha256   {}", bundle.manifest_sha256);
     println!(
@@ -94,29 +98,58 @@ pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
         m.prior.default_guidance_scale,
         class(&m.prior.scheduler)
     );
-    println!(
-        "  decoder       model {} (+ {}, {}), {}x{}, {} steps, guidance {}, {} extra tokens, scheduler {}",
-        m.decoder.model,
-        m.decoder.text_proj,
-        m.decoder.text_proj_cfg,
-        m.decoder.sample_size,
-        m.decoder.sample_size,
-        m.decoder.default_steps,
-        m.decoder.default_guidance_scale,
-        m.decoder.clip_extra_context_tokens,
-        class(&m.decoder.scheduler)
-    );
-    for up in &m.upsamplers {
-        println!(
-            "  {:<13} models {} / {}, {}x{}, {} steps, scheduler {}",
-            up.name,
-            up.first,
-            up.last,
-            up.sample_size,
-            up.sample_size,
-            up.default_steps,
-            class(&up.scheduler)
-        );
+    match &m.layout {
+        Layout::Karlo {
+            decoder,
+            upsamplers,
+        } => {
+            println!(
+                "  decoder       model {} (+ {}, {}), {}x{}, {} steps, guidance {}, {} extra tokens, scheduler {}",
+                decoder.model,
+                decoder.text_proj,
+                decoder.text_proj_cfg,
+                decoder.sample_size,
+                decoder.sample_size,
+                decoder.default_steps,
+                decoder.default_guidance_scale,
+                decoder.clip_extra_context_tokens,
+                class(&decoder.scheduler)
+            );
+            for up in upsamplers {
+                println!(
+                    "  {:<13} models {} / {}, {}x{}, {} steps, scheduler {}",
+                    up.name,
+                    up.first,
+                    up.last,
+                    up.sample_size,
+                    up.sample_size,
+                    up.default_steps,
+                    class(&up.scheduler)
+                );
+            }
+        }
+        Layout::Kandinsky { decoder } => {
+            println!(
+                "  decoder       model {} (latent, {} channels), {}x{} by default (any multiple of {}), {} steps, guidance {}, scheduler {}",
+                decoder.model,
+                decoder.latent_channels,
+                decoder.default_size,
+                decoder.default_size,
+                decoder.movq_scale_factor * 8,
+                decoder.default_steps,
+                decoder.default_guidance_scale,
+                class(&decoder.scheduler)
+            );
+            println!(
+                "  movq          decoder {}, encoder {}, factor {}",
+                decoder.movq_decoder,
+                decoder.movq_encoder.as_deref().unwrap_or("none (no img2img)"),
+                decoder.movq_scale_factor
+            );
+            if let Some(negative) = &m.prior.negative_image_embed {
+                println!("  negative      zero-image embedding {}", negative.file);
+            }
+        }
     }
     println!("precisions {}", precisions(&bundle));
     println!("models:");
