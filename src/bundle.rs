@@ -541,7 +541,9 @@ fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         None => return Err(invalid("`family` missing (version 2 names it)".into())),
         Some(family) => {
             if version == 1 {
-                return Err(invalid("`family` is a version-2 field: set format_version 2".into()));
+                return Err(invalid(
+                    "`family` is a version-2 field: set format_version 2".into(),
+                ));
             }
             if !family.as_str().is_some_and(|f| FAMILIES.contains(&f)) {
                 return Err(invalid(format!(

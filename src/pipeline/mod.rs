@@ -416,8 +416,7 @@ impl Pipeline {
         };
         let n = settings.num_images_per_prompt;
         let rows = request.prompts.len() * n;
-        let prior_negatives =
-            self.latent_decoder().is_some() && request.negative_prompt.is_some();
+        let prior_negatives = self.latent_decoder().is_some() && request.negative_prompt.is_some();
         let prompts = self.prior_prompts(request);
 
         // 1. text
@@ -426,8 +425,14 @@ impl Pipeline {
         let (tokens, text) = self.condition(&prompts, request, &settings)?;
         drop(release);
         let prompt_rows = ndarray::s![..request.prompts.len(), ..];
-        run.keep("prompt_ids", Tensor::I64(tokens.ids.slice(prompt_rows).to_owned().into_dyn()));
-        run.keep("prompt_mask", Tensor::I64(tokens.mask.slice(prompt_rows).to_owned().into_dyn()));
+        run.keep(
+            "prompt_ids",
+            Tensor::I64(tokens.ids.slice(prompt_rows).to_owned().into_dyn()),
+        );
+        run.keep(
+            "prompt_mask",
+            Tensor::I64(tokens.mask.slice(prompt_rows).to_owned().into_dyn()),
+        );
         run.keep("text_embeds", Tensor::F32(text.embeds.clone().into_dyn()));
         run.keep(
             "text_hidden_states",
@@ -463,8 +468,10 @@ impl Pipeline {
                     let texts = vec![negative; request.prompts.len()];
                     let mut negative_request = request.clone();
                     negative_request.negative_prompt = None;
-                    let (_, negative_text) = self.condition(&texts, &negative_request, &settings)?;
-                    let sampled = self.run_prior(&negative_text, &settings, &mut tap, observer, &mut run)?;
+                    let (_, negative_text) =
+                        self.condition(&texts, &negative_request, &settings)?;
+                    let sampled =
+                        self.run_prior(&negative_text, &settings, &mut tap, observer, &mut run)?;
                     negatives = Some(sampled);
                 }
                 given.select(Axis(0), &picks)

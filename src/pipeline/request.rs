@@ -221,7 +221,8 @@ impl Pipeline {
             } else {
                 prior_guidance_scale > 1.0 || decoder_guidance_scale > 1.0
             },
-            decoder_guidance: decoder_guidance_scale > 1.0 || (!latent && prior_guidance_scale > 1.0),
+            decoder_guidance: decoder_guidance_scale > 1.0
+                || (!latent && prior_guidance_scale > 1.0),
             strength,
             ran_prior: request.image_embeddings.is_none()
                 && request.decoder_condition == DecoderCondition::Prior,
@@ -405,7 +406,10 @@ impl Pipeline {
             ));
         }
         if image.width() == 0 || image.height() == 0 {
-            return Err(Error::invalid("init image", "the image is empty (0 pixels)"));
+            return Err(Error::invalid(
+                "init image",
+                "the image is empty (0 pixels)",
+            ));
         }
         if request.decoder_latents.is_some() {
             return Err(Error::invalid(

@@ -63,7 +63,9 @@ impl LatentDecoder {
             .prior
             .negative_image_embed
             .as_ref()
-            .ok_or_else(|| Error::internal("kandinsky bundle checked without its negative embed"))?;
+            .ok_or_else(|| {
+                Error::internal("kandinsky bundle checked without its negative embed")
+            })?;
         let path = bundle.resolve(&negative.file)?;
         let negative = crate::npy::read_embeddings(&path)?;
         let dim = bundle.manifest.embedding_dim;
@@ -325,4 +327,3 @@ pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
     }
     Ok(steps - init_timestep)
 }
-

@@ -143,7 +143,10 @@ pub(crate) fn info(model: Option<PathBuf>) -> Result<()> {
             println!(
                 "  movq          decoder {}, encoder {}, factor {}",
                 decoder.movq_decoder,
-                decoder.movq_encoder.as_deref().unwrap_or("none (no img2img)"),
+                decoder
+                    .movq_encoder
+                    .as_deref()
+                    .unwrap_or("none (no img2img)"),
                 decoder.movq_scale_factor
             );
             if let Some(negative) = &m.prior.negative_image_embed {
