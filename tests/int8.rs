@@ -35,7 +35,7 @@ fn int8_loads_the_quantized_models_and_stays_near_f32() {
     let file = |m: &unclip::runtime::Model| m.path().file_name().unwrap().to_owned();
     // the denoisers run their int8 files; the text encoder and text_proj stay f32
     assert_eq!(file(int8.prior().model()), "prior.int8.onnx");
-    let [text_proj, _, decoder] = int8.decoder().models();
+    let [text_proj, _, decoder] = int8.decoder().unwrap().models();
     assert_eq!(file(decoder), "decoder.int8.onnx");
     assert_eq!(file(text_proj), "text_proj.onnx");
     let [first, last] = int8.upsamplers()[0].models();

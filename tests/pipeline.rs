@@ -265,7 +265,7 @@ fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
         let mut names = Vec::new();
         let models = std::iter::once(p.text_encoder().model())
             .chain(std::iter::once(p.prior().model()))
-            .chain(p.decoder().models())
+            .chain(p.decoder_models())
             .chain(p.upsamplers().iter().flat_map(|u| u.models()));
         for m in models {
             if m.is_loaded() && !names.contains(&m.name().to_string()) {
@@ -291,8 +291,7 @@ fn low_memory_holds_only_the_running_stage_and_makes_the_same_image() {
             Stage::Text => vec![],
             Stage::Prior => vec![low.prior().model().name().into()],
             Stage::Decoder => low
-                .decoder()
-                .models()
+                .decoder_models()
                 .iter()
                 .map(|m| m.name().into())
                 .collect(),

@@ -51,7 +51,7 @@ unsafe fn generate_once(
 fn sessions_loaded(pipeline: &Pipeline) -> Vec<(String, bool)> {
     std::iter::once(pipeline.text_encoder().model())
         .chain(std::iter::once(pipeline.prior().model()))
-        .chain(pipeline.decoder().models())
+        .chain(pipeline.decoder_models())
         .chain(pipeline.upsamplers().iter().flat_map(|u| u.models()))
         .map(|m| (m.name().to_string(), m.is_loaded()))
         .collect()

@@ -141,12 +141,48 @@ pub(crate) struct DecodeArgs {
     /// DDIM's η for the stages that run ddim (0 = deterministic, 1 = DDPM-like).
     #[arg(long)]
     pub(crate) eta: Option<f32>,
+    /// Image size, N or WxH. Karlo bundles: the decoder's side or an upsampler's (`unclip info`
+    /// lists them; later stages are skipped), default the largest. Kandinsky 2.2 bundles: any
+    /// multiple of 64 per side, e.g. 768x512, default the bundle's.
+    #[arg(long)]
+    pub(crate) size: Option<SizeArg>,
+}
+
+/// `--size`: `N` (square) or `WxH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SizeArg {
+    pub(crate) width: usize,
+    pub(crate) height: Option<usize>,
+}
+
+impl std::str::FromStr for SizeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let side = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?}: give N or WxH, e.g. 512 or 768x512"))
+        };
+        match s.split_once(['x', 'X']) {
+            Some((w, h)) => Ok(SizeArg {
+                width: side(w)?,
+                height: Some(side(h)?),
+            }),
+            None => Ok(SizeArg {
+                width: side(s)?,
+                height: None,
+            }),
+        }
+    }
 }
 
 impl DecodeArgs {
     /// `request` with these flags set.
     pub(crate) fn apply(&self, request: TextToImage) -> TextToImage {
         TextToImage {
+            output_size: self.size.map(|s| s.width),
+            output_height: self.size.and_then(|s| s.height),
             decoder_steps: self.decoder_steps,
             super_res_steps: self.sr_steps.clone(),
             decoder_scheduler: self.decoder_scheduler,
@@ -177,10 +213,14 @@ pub(crate) struct SamplingArgs {
     /// Use these CLIP image embeddings (.npy, (D,) or (N, D)) instead of running the prior.
     #[arg(long)]
     pub(crate) image_embedding: Option<PathBuf>,
-    /// Image side to make: the decoder's or an upsampler's (`unclip info` lists them); later
-    /// stages are skipped. Default: the largest.
+    /// img2img (Kandinsky 2.2 bundles): start the decoder from this image (PNG, JPEG or WebP),
+    /// resized to the output size and noised to --strength of the schedule.
     #[arg(long)]
-    pub(crate) size: Option<usize>,
+    pub(crate) init_image: Option<PathBuf>,
+    /// img2img: the share of the decoder's schedule run, in (0, 1] (default 0.3, as diffusers;
+    /// higher strays further from the init image).
+    #[arg(long)]
+    pub(crate) strength: Option<f64>,
     /// What conditions the decoder (DALL·E 2 §5.1 ablation): prior (the prior's image
     /// embedding), text-embedding (the caption's CLIP text embedding in its place) or caption
     /// (a zero image embedding: the caption's tokens alone).
@@ -268,6 +308,12 @@ pub(crate) fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> 
         Some(path) => Some(npy::read_embeddings(path)?),
         None => None,
     };
+    let init_image = match &args.init_image {
+        Some(path) => Some(
+            unclip::vision::load_image(path, &unclip::vision::ImageLimits::default())?.to_rgb8(),
+        ),
+        None => None,
+    };
     let request = TextToImage {
         prompts,
         num_images_per_prompt: Some(args.num_images),
@@ -275,7 +321,8 @@ pub(crate) fn request(args: &SamplingArgs, record: bool) -> Result<TextToImage> 
         decoder_guidance_scale: args.decoder_guidance_scale,
         image_embeddings,
         record_intermediates: record,
-        output_size: args.size,
+        init_image,
+        strength: args.strength,
         decoder_condition: args.decoder_condition,
         ..Default::default()
     };

@@ -75,10 +75,13 @@ pub(crate) fn generate(args: GenerateArgs, quiet: bool) -> Result<()> {
     bars.finish();
     let paths = output_paths(&args.out, generation.images.len());
     for (i, (image, path)) in generation.images.iter().zip(&paths).enumerate() {
-        let extra: Vec<(String, String)> = match &args.sampling.image_embedding {
-            Some(file) => vec![("image_embedding_file".into(), file.display().to_string())],
-            None => Vec::new(),
-        };
+        let mut extra: Vec<(String, String)> = Vec::new();
+        if let Some(file) = &args.sampling.image_embedding {
+            extra.push(("image_embedding_file".into(), file.display().to_string()));
+        }
+        if let Some(file) = &args.sampling.init_image {
+            extra.push(("init_image_file".into(), file.display().to_string()));
+        }
         let meta = generation.png_metadata(
             "generate",
             Seed::new(args.sampling.noise.rng, seed),

@@ -111,25 +111,39 @@ pub(super) fn prepare(
             ));
         }
     }
-    let output_size = match &params.size {
-        None => None,
+    let (output_size, output_height) = match &params.size {
+        None => (None, None),
         Some(size) => {
-            let sizes = state.pipeline.sizes();
-            let listed = sizes
-                .iter()
-                .map(|s| format!("{s}x{s}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             let parsed = size
                 .split_once('x')
                 .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)));
-            match parsed {
-                Some((w, h)) if w == h && sizes.contains(&w) => Some(w),
+            let sizes = state.pipeline.sizes();
+            match (parsed, state.pipeline.latent_decoder()) {
+                // Kandinsky 2.2: any multiple of 64 per side.
+                (Some((w, h)), Some(latent)) => {
+                    latent.latent_size(h, w).map_err(|e| {
+                        ApiError::bad_request(Some("size"), format!("size {size:?}: {e}"))
+                    })?;
+                    (Some(w), Some(h))
+                }
+                (Some((w, h)), None) if w == h && sizes.contains(&w) => (Some(w), None),
                 _ => {
+                    let listed = match state.pipeline.latent_decoder() {
+                        Some(latent) => format!(
+                            "WxH with sides multiples of {} (e.g. {s}x{s})",
+                            latent.size_multiple(),
+                            s = latent.default_size()
+                        ),
+                        None => sizes
+                            .iter()
+                            .map(|s| format!("{s}x{s}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
                     return Err(ApiError::bad_request(
                         Some("size"),
                         format!("size {size:?} is not available: this model makes {listed}"),
-                    ))
+                    ));
                 }
             }
         }
@@ -159,6 +173,7 @@ pub(super) fn prepare(
         super_res_scheduler: scheduler("super_res_scheduler", &params.super_res_scheduler)?,
         eta: params.eta,
         output_size,
+        output_height,
         ..Default::default()
     };
     // Everything the pipeline would refuse is refused now, as a 400.
