@@ -26,9 +26,10 @@ FORMAT = "unclip-bundle"
 FORMAT_VERSION = 1
 # Version 2 adds `family`: "kandinsky2.2" (export_bundle.py DECODER_DIR OUT --prior PRIOR_DIR), a
 # latent decoder with MoVQ instead of text_proj and upsamplers. Karlo-layout bundles stay version 1,
-# so every bundle an older unclip could read still reads; this unclip's runtime does not run
-# version 2 yet (the Rust loader refuses it with a version error naming the version it reads).
+# so every bundle an older unclip could read still reads; the Rust loader reads both (its
+# `FORMAT_VERSION` is the newest, NEWEST_VERSION here).
 KANDINSKY_FORMAT_VERSION = 2
+NEWEST_VERSION = KANDINSKY_FORMAT_VERSION
 KANDINSKY = "kandinsky2.2"
 MANIFEST = "bundle.json"
 # Top-level keys in the order export_bundle.py writes them; `image_encoder` is absent when the

@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 /** ABI version of this header; compare with unclip_abi_version() at run time. */
-#define UNCLIP_ABI_VERSION 6u
+#define UNCLIP_ABI_VERSION 7u
 
 typedef enum unclip_status {
     UNCLIP_OK = 0,
@@ -71,12 +71,14 @@ typedef enum unclip_rng {
     UNCLIP_RNG_TORCH = 1 /* bit-exact with torch.Generator("cpu").manual_seed(seed) */
 } unclip_rng;
 
-/** Schedulers a stage can run (ABI 2). DEFAULT is the one the bundle names (Karlo: UnCLIP). */
+/** Schedulers a stage can run (ABI 2). DEFAULT is the one the bundle names (Karlo: UnCLIP;
+ * Kandinsky 2.2: UnCLIP for the prior, DDPM for the decoder). */
 typedef enum unclip_scheduler {
     UNCLIP_SCHEDULER_DEFAULT = 0,
     UNCLIP_SCHEDULER_UNCLIP = 1, /* diffusers' UnCLIPScheduler */
     UNCLIP_SCHEDULER_DDIM = 2,   /* DDIMScheduler; eta below */
-    UNCLIP_SCHEDULER_DPMPP = 3   /* DPMSolverMultistepScheduler, DPM-Solver++ 2M */
+    UNCLIP_SCHEDULER_DPMPP = 3,  /* DPMSolverMultistepScheduler, DPM-Solver++ 2M */
+    UNCLIP_SCHEDULER_DDPM = 4    /* ABI 7: DDPMScheduler (Kandinsky 2.2's decoder) */
 } unclip_scheduler;
 
 /** Stages reported to progress callbacks; upsampler i reports UNCLIP_STAGE_UPSAMPLER + i. */
@@ -155,6 +157,12 @@ typedef struct unclip_generate_params {
     int32_t super_res_scheduler;    /* every upsampler */
     float eta;                      /* DDIM's eta for stages running DDIM; default 0 */
     uint32_t output_size;           /* image side: the decoder's or an upsampler's; 0: the largest */
+    /* ABI 7 (appended): a host built against ABI 2-6 passes the smaller struct_size and gets the
+     * defaults; check unclip_abi_version() >= 7 before relying on these. */
+    uint32_t width;                 /* image width (Karlo: as output_size; Kandinsky 2.2: any
+                                       multiple of 64); 0: output_size, else the default */
+    uint32_t height;                /* image height; 0: width (square). Karlo bundles make square
+                                       images only (UNCLIP_INVALID_ARGUMENT otherwise) */
 } unclip_generate_params;
 
 /** ABI version of the library (UNCLIP_ABI_VERSION it was built with). */
@@ -177,8 +185,11 @@ unclip_status unclip_pipeline_load(const unclip_runtime *runtime, const char *bu
 void unclip_pipeline_free(unclip_pipeline *pipeline);
 /** Width of CLIP embeddings (0 for NULL). */
 uint32_t unclip_pipeline_embedding_dim(const unclip_pipeline *pipeline);
-/** Side of the final images (0 for NULL). */
+/** Side of the final images by default (0 for NULL). */
 uint32_t unclip_pipeline_image_size(const unclip_pipeline *pipeline);
+/** ABI 7: the bundle's model family, "karlo" or "kandinsky2.2" (a static string, never freed;
+ * NULL for NULL). */
+const char *unclip_pipeline_family(const unclip_pipeline *pipeline);
 
 /**
  * Text to image: num_prompts UTF-8 prompts → num_prompts * num_images_per_prompt images

@@ -279,3 +279,53 @@ fn verified_cache_skips_unchanged_files_and_catches_changed_ones() {
     ));
     assert!("sometimes".parse::<Verify>().is_err());
 }
+
+/// Format version 2 names the family; version 1 is Karlo's layout without the key. A family this
+/// unclip does not run, a version-2 manifest without one and a version-1 manifest with one are
+/// refused, each naming the field.
+#[test]
+fn families_and_format_versions() {
+    let kandinsky = Bundle::open(common::repo().join("models/tiny-kandinsky")).unwrap();
+    assert_eq!(kandinsky.manifest.format_version, 2);
+    assert_eq!(kandinsky.manifest.layout.family(), "kandinsky2.2");
+    let karlo = Bundle::open(common::tiny_bundle()).unwrap();
+    assert_eq!(karlo.manifest.layout.family(), "karlo");
+
+    let (_tmp, dir) = copy_bundle();
+    for (edit, needle) in [
+        (
+            (|m: &mut serde_json::Value| m["family"] = "karlo".into())
+                as fn(&mut serde_json::Value),
+            "`family` is a version-2 field",
+        ),
+        (
+            |m| {
+                m["format_version"] = 2.into();
+            },
+            "`family` missing",
+        ),
+        (
+            |m| {
+                m["format_version"] = 2.into();
+                m["family"] = "stable-diffusion".into();
+            },
+            "this unclip runs karlo and kandinsky2.2",
+        ),
+    ] {
+        let original = std::fs::read(dir.join("bundle.json")).unwrap();
+        edit_manifest(&dir, edit);
+        let err = Bundle::open(&dir).unwrap_err();
+        assert!(matches!(err, Error::BundleInvalid { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+        std::fs::write(dir.join("bundle.json"), original).unwrap();
+    }
+    // Version 2 with the karlo family loads as version 1 does.
+    edit_manifest(&dir, |m| {
+        m["format_version"] = 2.into();
+        m["family"] = "karlo".into();
+    });
+    assert_eq!(
+        Bundle::open(&dir).unwrap().manifest.layout.family(),
+        "karlo"
+    );
+}

@@ -1,6 +1,6 @@
-//! ABI 2 to 6 of the C interface, through the exported functions: the appended scheduler, η
+//! ABI 2 to 7 of the C interface, through the exported functions: the appended scheduler, η
 //! and size fields (ABI 2), precision and OpenVINO fields (ABI 3), low-memory mode (ABI 4), the
-//! int8 precision (ABI 6), and
+//! int8 precision (ABI 6), width/height, DDPM and the model family (ABI 7, Kandinsky 2.2), and
 //! hosts built against older ABIs (shorter params structs) still served.
 
 mod common;
@@ -43,7 +43,7 @@ unsafe fn generate(
 #[test]
 fn schedulers_eta_size_and_abi1_hosts() {
     unsafe {
-        assert_eq!(unclip_abi_version(), 6);
+        assert_eq!(unclip_abi_version(), 7);
         let mut rp = std::mem::zeroed::<unclip_runtime_params>();
         unclip_runtime_params_init(&mut rp);
         let (runtime, pipeline) = tiny_pipeline(&rp);
@@ -218,12 +218,19 @@ fn abi3_precision_and_openvino_fields() {
 unsafe fn tiny_pipeline(
     runtime_params: &unclip_runtime_params,
 ) -> (*mut unclip_runtime, *mut unclip_pipeline) {
+    load_pipeline(runtime_params, &common::tiny_bundle())
+}
+
+unsafe fn load_pipeline(
+    runtime_params: &unclip_runtime_params,
+    bundle: &std::path::Path,
+) -> (*mut unclip_runtime, *mut unclip_pipeline) {
     let mut runtime: *mut unclip_runtime = std::ptr::null_mut();
     assert_eq!(
         unclip_runtime_create(runtime_params, &mut runtime),
         unclip_status::UNCLIP_OK
     );
-    let dir = CString::new(common::tiny_bundle().to_str().unwrap()).unwrap();
+    let dir = CString::new(bundle.to_str().unwrap()).unwrap();
     let mut pipeline: *mut unclip_pipeline = std::ptr::null_mut();
     assert_eq!(
         unclip_pipeline_load(runtime, dir.as_ptr(), &mut pipeline),
@@ -376,5 +383,92 @@ fn abi5_graph_cache_dir_and_abi4_hosts() {
         let (status, message) = create(&openvino);
         assert_eq!(status, unclip_status::UNCLIP_INVALID_ARGUMENT, "{message}");
         assert!(message.contains("--openvino-cache-dir"), "{message}");
+    }
+}
+
+/// ABI 7: a Kandinsky 2.2 bundle from C: its family, a non-square image from width/height with
+/// the DDPM decoder scheduler — the library's bytes; an ABI 6 host (the shorter struct, whose
+/// tail padding holds garbage where `width` now is) gets the default size; bad combinations are
+/// refused.
+#[test]
+fn abi7_width_height_ddpm_and_family() {
+    unsafe {
+        let mut rp = std::mem::zeroed::<unclip_runtime_params>();
+        unclip_runtime_params_init(&mut rp);
+        let bundle = common::repo().join("models/tiny-kandinsky");
+        let (runtime, pipeline) = load_pipeline(&rp, &bundle);
+        let family = std::ffi::CStr::from_ptr(unclip_pipeline_family(pipeline));
+        assert_eq!(family.to_str().unwrap(), "kandinsky2.2");
+        assert!(unclip_pipeline_family(std::ptr::null()).is_null());
+        assert_eq!(unclip_pipeline_image_size(pipeline), 512);
+
+        let mut params = std::mem::zeroed::<unclip_generate_params>();
+        unclip_generate_params_init(&mut params);
+        assert_eq!((params.width, params.height), (0, 0));
+        params.rng = 1;
+        params.seed = 3;
+        params.prior_steps = 2;
+        params.decoder_steps = 3;
+        params.decoder_scheduler = 4; // DDPM
+        params.width = 128;
+        params.height = 64;
+        let (status, image) = generate(pipeline, &params);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        let (width, bytes) = image.unwrap();
+        assert_eq!((width, bytes.len()), (128, 128 * 64 * 3));
+        let library = unclip::Pipeline::load(&common::runtime(), &bundle)
+            .unwrap()
+            .generate(
+                &TextToImage {
+                    prompts: vec!["a purple triangle".into()],
+                    prior_steps: Some(2),
+                    decoder_steps: Some(3),
+                    decoder_scheduler: Some(SchedulerKind::Ddpm),
+                    output_size: Some(128),
+                    output_height: Some(64),
+                    ..Default::default()
+                },
+                &mut TorchGenerator::new(3),
+                &mut no_observer(),
+            )
+            .unwrap();
+        assert!(bytes == library.images[0].as_raw().as_slice());
+
+        // An ABI 2-6 host: struct_size of the old struct; its padding is never read as width.
+        let mut old = params;
+        old.struct_size = GENERATE_PARAMS_V2_SIZE;
+        old.width = 77;
+        old.height = 9;
+        old.output_size = 64;
+        let (status, image) = generate(pipeline, &old);
+        assert_eq!(status, unclip_status::UNCLIP_OK);
+        assert_eq!(image.unwrap().1.len(), 64 * 64 * 3);
+
+        for bad in [
+            unclip_generate_params {
+                width: 100,
+                ..params
+            },
+            unclip_generate_params {
+                width: 0,
+                output_size: 0,
+                ..params
+            },
+            unclip_generate_params {
+                output_size: 64,
+                ..params
+            },
+            unclip_generate_params {
+                decoder_scheduler: 5,
+                ..params
+            },
+        ] {
+            assert_eq!(
+                generate(pipeline, &bad).0,
+                unclip_status::UNCLIP_INVALID_ARGUMENT
+            );
+        }
+        unclip_pipeline_free(pipeline);
+        unclip_runtime_free(runtime);
     }
 }

@@ -123,14 +123,18 @@ class KandinskyBundle(unittest.TestCase):
 class RustLoaderAgrees(unittest.TestCase):
     def test_format_name_and_version(self):
         _, version = rust_source_with(r"pub const FORMAT_VERSION: u64 = (\d+);")
-        self.assertEqual(int(version.group(1)), bundle_format.FORMAT_VERSION)
+        self.assertEqual(int(version.group(1)), bundle_format.NEWEST_VERSION)
         _, name = rust_source_with(r'pub const FORMAT: &str = "([^"]+)";')
         self.assertEqual(name.group(1), bundle_format.FORMAT)
 
     def test_manifest_fields(self):
         _, struct = rust_source_with(r"(?s)pub struct Manifest \{(.*?)\n\}")
         fields = set(re.findall(r"pub (\w+):", struct.group(1)))
-        self.assertEqual(fields, set(bundle_format.KEYS))
+        # `layout` is flattened: the `family` tag and each family's fields.
+        _, layout = rust_source_with(r"(?s)pub enum Layout \{(.*?)\n\}")
+        family_fields = set(re.findall(r"^\s+(\w+): \w", layout.group(1), re.M))
+        fields = (fields - {"layout"}) | {"family"} | family_fields
+        self.assertEqual(fields, set(bundle_format.KEYS) | set(bundle_format.KANDINSKY_KEYS))
 
 
 class LoaderChecks(unittest.TestCase):

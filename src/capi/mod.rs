@@ -36,14 +36,14 @@ pub use images::unclip_image_free;
 pub use params::{unclip_generate_params_init, unclip_runtime_params_init};
 pub use pipeline::{
     unclip_generate, unclip_generate_from_embeddings, unclip_generate_variations,
-    unclip_pipeline_embedding_dim, unclip_pipeline_free, unclip_pipeline_image_size,
-    unclip_pipeline_load,
+    unclip_pipeline_embedding_dim, unclip_pipeline_family, unclip_pipeline_free,
+    unclip_pipeline_image_size, unclip_pipeline_load,
 };
 pub use runtime::{unclip_runtime_create, unclip_runtime_free};
 pub use types::*;
 
 /// The ABI version of this library (`UNCLIP_ABI_VERSION` in the header).
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());

@@ -34,7 +34,18 @@ fn check_size(name: &'static str, given: usize, known: usize) -> Result<(), Erro
 pub(super) unsafe fn params_of(
     params: *const unclip_generate_params,
 ) -> Result<unclip_generate_params, Error> {
-    versioned_copy(params, "unclip_generate_params")
+    let given = if params.is_null() {
+        0
+    } else {
+        params.cast::<usize>().read_unaligned()
+    };
+    let mut copy: unclip_generate_params = versioned_copy(params, "unclip_generate_params")?;
+    if given <= types::GENERATE_PARAMS_V2_SIZE {
+        // ABI 2-6's struct ends in 4 bytes of padding where ABI 7 put `width`: never read them.
+        copy.width = 0;
+        copy.height = 0;
+    }
+    Ok(copy)
 }
 
 /// A params struct that starts with `struct_size`, of which a host built against an older ABI
@@ -84,6 +95,7 @@ pub(super) trait HasStructSize {
 impl HasStructSize for unclip_generate_params {
     const ABI_SIZES: &'static [usize] = &[
         types::GENERATE_PARAMS_V1_SIZE,
+        types::GENERATE_PARAMS_V2_SIZE,
         std::mem::size_of::<unclip_generate_params>(),
     ];
     fn set_struct_size(&mut self, size: usize) {

@@ -49,6 +49,17 @@ pub unsafe extern "C" fn unclip_pipeline_embedding_dim(pipeline: *const unclip_p
         .map_or(0, |p| p.pipeline.prior().embedding_dim() as u32)
 }
 
+/// The bundle's model family as a static NUL-terminated string (`"karlo"` or `"kandinsky2.2"`);
+/// NULL for a NULL pipeline. Never freed.
+#[no_mangle]
+pub unsafe extern "C" fn unclip_pipeline_family(pipeline: *const unclip_pipeline) -> *const c_char {
+    match pipeline.as_ref().map(|p| p.pipeline.family()) {
+        Some("kandinsky2.2") => c"kandinsky2.2".as_ptr(),
+        Some(_) => c"karlo".as_ptr(),
+        None => std::ptr::null(),
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn unclip_pipeline_image_size(pipeline: *const unclip_pipeline) -> u32 {
     pipeline
@@ -75,15 +86,33 @@ unsafe fn request_of(params: &unclip_generate_params) -> Result<TextToImage, Err
             1 => Ok(Some(SchedulerKind::UnCLIP)),
             2 => Ok(Some(SchedulerKind::Ddim)),
             3 => Ok(Some(SchedulerKind::DpmSolverPP)),
+            4 => Ok(Some(SchedulerKind::Ddpm)),
             other => Err(invalid(name, &format!("{other} is not a unclip_scheduler"))),
         }
     };
+    // ABI 7: width and height (Kandinsky 2.2's non-square images); output_size is the side.
+    let side = |n: u32| (n > 0).then_some(n as usize);
+    if params.width > 0 && params.output_size > 0 && params.width != params.output_size {
+        return Err(invalid(
+            "width",
+            &format!(
+                "{} and output_size {} disagree: set one of them",
+                params.width, params.output_size
+            ),
+        ));
+    }
+    let output_size = side(params.width).or(side(params.output_size));
+    let output_height = side(params.height);
+    if output_height.is_some() && output_size.is_none() {
+        return Err(invalid("height", "given without width: set both"));
+    }
     let request = TextToImage {
         prior_scheduler: scheduler("prior_scheduler", params.prior_scheduler)?,
         decoder_scheduler: scheduler("decoder_scheduler", params.decoder_scheduler)?,
         super_res_scheduler: scheduler("super_res_scheduler", params.super_res_scheduler)?,
         eta: (params.eta != 0.0).then_some(params.eta),
-        output_size: (params.output_size > 0).then_some(params.output_size as usize),
+        output_size,
+        output_height,
         negative_prompt: opt_str(params.negative_prompt, "negative_prompt")?.map(str::to_string),
         num_images_per_prompt: Some(params.num_images_per_prompt as usize),
         prior_steps: steps(params.prior_steps),

@@ -94,11 +94,18 @@ pub struct unclip_generate_params {
     pub super_res_scheduler: i32,
     pub eta: f32,
     pub output_size: u32,
+    // ABI 7: appended.
+    pub width: u32,
+    pub height: u32,
 }
 
 /// Size of `unclip_generate_params` in ABI 1 (everything before `prior_scheduler`).
 pub const GENERATE_PARAMS_V1_SIZE: usize =
     std::mem::offset_of!(unclip_generate_params, prior_scheduler);
+/// Size of `unclip_generate_params` in ABI 2 to 6 (everything before `width`). `output_size`
+/// ends it, so the struct's tail padding (to 8 bytes) is part of that size.
+pub const GENERATE_PARAMS_V2_SIZE: usize =
+    (std::mem::offset_of!(unclip_generate_params, output_size) + 4).next_multiple_of(8);
 
 impl Default for unclip_generate_params {
     fn default() -> Self {
@@ -120,6 +127,8 @@ impl Default for unclip_generate_params {
             super_res_scheduler: 0,
             eta: 0.0,
             output_size: 0,
+            width: 0,
+            height: 0,
         }
     }
 }
