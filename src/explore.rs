@@ -415,6 +415,54 @@ impl Pipeline {
         self.finish(labels, thetas, embeddings, settings, observer, started)
     }
 
+    /// diffusers' weighted interpolation (`KandinskyV22PriorPipeline.interpolate(images_and_prompts,
+    /// weights)`): the plain weighted sum `Σ wᵢ · zᵢ` of the endpoints' embeddings (no
+    /// normalization, no slerp; weights need not sum to 1), decoded once. An endpoint that is a
+    /// prompt is embedded by the prior with the settings' seed, as [`Pipeline::interpolate`].
+    pub fn weighted_mix(
+        &self,
+        endpoints: &[Endpoint],
+        weights: &[f32],
+        settings: &ExploreSettings,
+        observer: &mut Observer<'_>,
+    ) -> Result<Exploration> {
+        let started = Instant::now();
+        if endpoints.is_empty() || endpoints.len() != weights.len() {
+            return Err(Error::invalid(
+                "weights",
+                format!(
+                    "{} weights for {} endpoints: give one weight per endpoint (at least one)",
+                    weights.len(),
+                    endpoints.len()
+                ),
+            ));
+        }
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(Error::invalid(
+                "weights",
+                format!("{w}: weights must be finite"),
+            ));
+        }
+        let mut mixed = Array1::<f32>::zeros(self.prior().embedding_dim());
+        for (endpoint, &w) in endpoints.iter().zip(weights) {
+            let z = self.embed(endpoint, settings, observer)?;
+            mixed.zip_mut_with(&z, |m, &x| *m += w * x);
+        }
+        let label = weights
+            .iter()
+            .map(|w| format!("{w}"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        self.finish(
+            vec![format!("weights {label}")],
+            vec![weights.iter().sum()],
+            mixed.insert_axis(Axis(0)),
+            settings,
+            observer,
+            started,
+        )
+    }
+
     /// Text diff (§3.3): rotates the embedding of `subject` toward the direction from the CLIP
     /// text embedding of `from` to that of `to`, θ from 0 to `max_theta` over `frames` frames.
     #[allow(clippy::too_many_arguments)]

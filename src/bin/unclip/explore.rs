@@ -55,6 +55,13 @@ pub struct InterpolateArgs {
     pub a: String,
     /// Second endpoint, as A.
     pub b: String,
+    /// More endpoints, for --weights only.
+    pub more: Vec<String>,
+    /// diffusers' weighted interpolation (Kandinsky's `interpolate`): one image of the weighted
+    /// sum of the endpoints' embeddings, one weight per endpoint (e.g. 0.3,0.7), instead of
+    /// slerp frames.
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<f32>,
     /// Number of frames, endpoints included.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
@@ -216,6 +223,12 @@ fn settings(
 }
 
 pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
+    if !args.more.is_empty() && args.weights.is_empty() {
+        bail!(
+            "{} endpoints: slerp takes two; give --weights (one per endpoint) for a weighted mix",
+            2 + args.more.len()
+        );
+    }
     let pipeline = load(&args.common.runtime)?;
     let (a, a_name) = endpoint(&args.a)?;
     let (b, b_name) = endpoint(&args.b)?;
@@ -224,6 +237,9 @@ pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
         args.prior_guidance_scale,
         args.decoder_guidance_scale,
     );
+    if !args.weights.is_empty() {
+        return weighted(args, pipeline, [(a, a_name), (b, b_name)], settings, quiet);
+    }
     let mut bars = Bars::new(quiet);
     let exploration =
         pipeline.interpolate(&a, &b, args.frames, &settings, &mut |p| bars.update(p))?;
@@ -247,6 +263,57 @@ pub fn interpolate(args: InterpolateArgs, quiet: bool) -> Result<()> {
         out: &out,
         layout,
         gif_ms: Some(args.frame_ms),
+        json: args.common.json,
+        quiet,
+    };
+    output.write(&pipeline, &exploration, &settings, meta)
+}
+
+/// `interpolate --weights`: one image of the weighted sum of the endpoints' embeddings.
+fn weighted(
+    args: InterpolateArgs,
+    pipeline: unclip::Pipeline,
+    first: [(Endpoint, String); 2],
+    settings: ExploreSettings,
+    quiet: bool,
+) -> Result<()> {
+    let mut endpoints = Vec::new();
+    let mut names = Vec::new();
+    for (e, name) in first {
+        endpoints.push(e);
+        names.push(name);
+    }
+    for arg in &args.more {
+        let (e, name) = endpoint(arg)?;
+        endpoints.push(e);
+        names.push(name);
+    }
+    let mut bars = Bars::new(quiet);
+    let exploration = pipeline.weighted_mix(&endpoints, &args.weights, &settings, &mut |p| {
+        bars.update(p)
+    })?;
+    bars.finish();
+    let mut layout = SheetLayout::new(1);
+    layout.cell = Some(cell(&args.common, &pipeline));
+    layout.title = Some(
+        names
+            .iter()
+            .zip(&args.weights)
+            .map(|(n, w)| format!("{w} x {n}"))
+            .collect::<Vec<_>>()
+            .join(" + "),
+    );
+    layout.captions = exploration.labels.clone();
+    let out = args.common.out.clone().unwrap_or_else(|| "mix".into());
+    let mut meta = vec![("command".to_string(), "interpolate --weights".to_string())];
+    for (i, (name, w)) in names.iter().zip(&args.weights).enumerate() {
+        meta.push((format!("endpoint_{i}"), name.clone()));
+        meta.push((format!("weight_{i}"), w.to_string()));
+    }
+    let output = Output {
+        out: &out,
+        layout,
+        gif_ms: None,
         json: args.common.json,
         quiet,
     };
