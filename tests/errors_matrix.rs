@@ -728,7 +728,7 @@ fn e07_format_version_unsupported() {
         .starts_with("unsupported bundle format_version 99 in "));
     assert!(error
         .to_string()
-        .ends_with("this unclip reads version 1; upgrade unclip or re-export the bundle"));
+        .ends_with("this unclip reads versions 1 to 2; upgrade unclip or re-export the bundle"));
 }
 
 #[test]
@@ -1870,8 +1870,8 @@ fn e35_scheduler_unknown() {
         );
     }
     assert_c_params_refused(
-        |p| p.decoder_scheduler = 4,
-        "invalid decoder_scheduler: 4 is not a unclip_scheduler",
+        |p| p.decoder_scheduler = 5,
+        "invalid decoder_scheduler: 5 is not a unclip_scheduler",
     );
 }
 
@@ -2356,7 +2356,7 @@ fn e47_c_struct_size() {
     assert_c_params_refused(
         |p| p.struct_size = GENERATE_PARAMS_V1_SIZE + 4,
         &format!(
-            "invalid unclip_generate_params: struct_size is {}, which is no ABI version's size of this struct ([{GENERATE_PARAMS_V1_SIZE}, {full}] or more)",
+            "invalid unclip_generate_params: struct_size is {}, which is no ABI version's size of this struct ([{GENERATE_PARAMS_V1_SIZE}, {GENERATE_PARAMS_V2_SIZE}, {full}] or more)",
             GENERATE_PARAMS_V1_SIZE + 4
         ),
     );
@@ -2368,7 +2368,7 @@ fn e48_c_unknown_enum() {
     for (field, value) in [
         ("rng", 2),
         ("rng", -1),
-        ("prior_scheduler", 4),
+        ("prior_scheduler", 5),
         ("decoder_scheduler", -1),
         ("super_res_scheduler", 99),
     ] {
