@@ -238,6 +238,139 @@ fn sigterm_finishes_accepted_work_then_exits() {
     assert!(refused.is_err());
 }
 
+/// SIGTERM under load: of many requests in flight and queued, every one the server accepted gets
+/// a whole answer (200 with its PNG, or a complete JSON error such as 429 or 503), none is cut
+/// mid-body; requests after the listener closed are refused at connect; the server exits 0.
+#[test]
+fn sigterm_under_load_answers_every_accepted_request_whole() {
+    let mut server = Server::start(&["--max-queue", "4", "--max-batch", "2"]);
+    let rt = runtime();
+    let (answered, refused) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = server.url("/v1/images/generations");
+        let mut tasks = Vec::new();
+        for i in 0..16u64 {
+            let mut body = fast("a patient cat", i);
+            body["decoder_steps"] = (10 + i as usize % 3 * 10).into();
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40 * i)).await;
+                match client.post(&url).json(&body).send().await {
+                    // The whole body must arrive and parse, whatever the status.
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body: serde_json::Value = response
+                            .json()
+                            .await
+                            .unwrap_or_else(|e| panic!("request {i}: a body cut short: {e}"));
+                        Some((status, body))
+                    }
+                    Err(e) => {
+                        assert!(e.is_connect() || e.is_request(), "request {i}: {e}");
+                        None
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.sigterm();
+        let (mut answered, mut refused) = (Vec::new(), 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Some(answer) => answered.push(answer),
+                None => refused += 1,
+            }
+        }
+        (answered, refused)
+    });
+    let ok = answered.iter().filter(|(status, _)| *status == 200).count();
+    assert!(
+        ok >= 1,
+        "the requests accepted before SIGTERM finish: {answered:?}"
+    );
+    for (status, body) in &answered {
+        match status {
+            200 => assert!(body["data"][0]["b64_json"].as_str().is_some_and(is_png)),
+            429 | 503 => assert!(body["error"]["message"].as_str().is_some(), "{body}"),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    eprintln!(
+        "{ok} answered 200, {} other answers, {refused} refused at connect",
+        answered.len() - ok
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within its grace period"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A bundle file replaced on disk while the server runs: the running server keeps serving from
+/// the models it loaded (the same image bytes as before); a restart with `--verify cached`
+/// refuses the changed file, naming it.
+#[test]
+fn a_bundle_file_replaced_while_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("tiny");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(common::tiny_bundle()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let cache = tmp.path().join("cache");
+    let env = [("XDG_CACHE_HOME", cache.as_path())];
+    let flags = ["--verify", "cached", "--graph-cache-dir", "none"];
+    let server = Server::start_with(&bundle, &flags, &env);
+    let rt = runtime();
+    let generate = |server: &Server| {
+        rt.block_on(async {
+            let response = reqwest::Client::new()
+                .post(server.url("/v1/images/generations"))
+                .json(&fast("a red circle", 5))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["data"][0]["b64_json"].as_str().unwrap().to_string()
+        })
+    };
+    let before = generate(&server);
+    // Same size, same inode, other bytes: what a botched copy or bit rot leaves.
+    let decoder = bundle.join("decoder.onnx");
+    let mut bytes = std::fs::read(&decoder).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&decoder, &bytes).unwrap();
+    assert_eq!(
+        generate(&server),
+        before,
+        "the running server serves what it loaded"
+    );
+    drop(server);
+    let restart = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(&bundle)
+        .args(flags)
+        .env("XDG_CACHE_HOME", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(restart.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&restart.stderr);
+    assert!(
+        stderr.contains("sha256 mismatch") && stderr.contains("decoder.onnx"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn errors_are_openai_error_objects() {
     let server = Server::start(&["--api-key", "k", "--max-body-mib", "1"]);

@@ -15,10 +15,20 @@ pub struct Server {
 impl Server {
     /// Starts `unclip serve` on a free loopback port with `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with(&super::tiny_bundle(), extra, &[])
+    }
+
+    /// [`Server::start`] on bundle `model`, with environment variables `env`.
+    pub fn start_with(
+        model: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_unclip"))
             .args(["serve", "--port", "0", "--model"])
-            .arg(super::tiny_bundle())
+            .arg(model)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env_remove("UNCLIP_API_KEY")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
