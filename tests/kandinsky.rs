@@ -15,10 +15,7 @@ use unclip::pipeline::{no_observer, Generation, Tensor, TextToImage};
 use unclip::schedulers::SchedulerKind;
 use unclip::{Error, Pipeline};
 
-use common::{assert_close, assert_image_close, EMBEDDING_TOL, ILL_CONDITIONED_SHARE, IMAGE_TOL};
-
-/// As tests/parity.rs: float images within IMAGE_TOL may round to the neighbouring level.
-const UINT8_TOL: u8 = 1;
+use common::{assert_close, assert_image_close, EMBEDDING_TOL, IMAGE_TOL};
 
 fn bundle() -> PathBuf {
     common::repo().join("models/tiny-kandinsky")
@@ -171,24 +168,7 @@ fn compare(case: &serde_json::Value, dir: &Path, generation: &Generation) -> BTr
         "{}",
         dir.display()
     );
-    for (i, image) in generation.images.iter().enumerate() {
-        let expected = image::open(dir.join(format!("image_{i}.png")))
-            .unwrap()
-            .to_rgb8();
-        assert_eq!(image.dimensions(), expected.dimensions());
-        let values = image.as_raw().len();
-        let above = image
-            .as_raw()
-            .iter()
-            .zip(expected.as_raw())
-            .filter(|(a, b)| a.abs_diff(**b) > UINT8_TOL)
-            .count();
-        assert!(
-            above as f64 <= ILL_CONDITIONED_SHARE * values as f64,
-            "{}: image {i}: {above} of {values} values differ by more than {UINT8_TOL} level",
-            dir.display()
-        );
-    }
+    common::assert_reference_pngs(dir, &generation.images);
     report
 }
 
@@ -424,4 +404,24 @@ fn interpolation_runs_on_the_family() {
     assert_eq!(out.images.len(), 3);
     assert_eq!(out.images[0].dimensions(), (64, 64));
     assert_ne!(out.images[0].as_raw(), out.images[2].as_raw());
+}
+
+/// Karlo's layout-only features asked of this family are refused before any model runs, naming
+/// the family: the caption-only decoder condition, the pixel decoder, DDIM inversion.
+#[test]
+fn karlo_only_features_are_refused() {
+    let pipeline = pipeline();
+    let request = TextToImage {
+        prompts: vec!["a red circle".into()],
+        decoder_condition: unclip::DecoderCondition::Caption,
+        ..Default::default()
+    };
+    let err = pipeline.resolve(&request).unwrap_err();
+    assert!(err.to_string().contains("is kandinsky2.2"), "{err}");
+    assert!(pipeline.decoder().is_err());
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::new(64, 64));
+    let err = pipeline
+        .invert_images(&[image], 2, &mut no_observer())
+        .unwrap_err();
+    assert!(err.to_string().contains("Karlo's layout"), "{err}");
 }

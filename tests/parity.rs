@@ -13,12 +13,7 @@ use unclip::noise::{NoiseSource, RecordedNoise, TorchGenerator};
 use unclip::pipeline::{no_observer, Generation, Tensor, TextToImage};
 use unclip::Pipeline;
 
-use common::{assert_close, assert_image_close, EMBEDDING_TOL, ILL_CONDITIONED_SHARE, IMAGE_TOL};
-
-/// Largest allowed difference of a final uint8 value: the float images agree within
-/// IMAGE_TOL, so a value may round to the neighbouring level (1/255 ≈ 3.9e-3 > IMAGE_TOL);
-/// as for floats, ILL_CONDITIONED_SHARE of the values may differ more (see common).
-const UINT8_TOL: u8 = 1;
+use common::{assert_close, assert_image_close, EMBEDDING_TOL, IMAGE_TOL};
 
 fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
@@ -155,25 +150,7 @@ fn compare(case: &serde_json::Value, dir: &Path, generation: &Generation) -> BTr
         };
         report.insert(name.clone(), max);
     }
-    // Final uint8 images.
-    for (i, image) in generation.images.iter().enumerate() {
-        let expected = image::open(dir.join(format!("image_{i}.png")))
-            .unwrap()
-            .to_rgb8();
-        assert_eq!(image.dimensions(), expected.dimensions());
-        let values = image.as_raw().len();
-        let above = image
-            .as_raw()
-            .iter()
-            .zip(expected.as_raw())
-            .filter(|(a, b)| a.abs_diff(**b) > UINT8_TOL)
-            .count();
-        assert!(
-            above as f64 <= ILL_CONDITIONED_SHARE * values as f64,
-            "{}: image {i}: {above} of {values} values differ by more than {UINT8_TOL} level",
-            dir.display()
-        );
-    }
+    common::assert_reference_pngs(dir, &generation.images);
     report
 }
 

@@ -207,6 +207,11 @@ impl Pipeline {
         let (upsamplers, output_size, output_height) = self.output_for(request)?;
         let strength = self.check_init_image(request, decoder_steps)?;
         let latent = self.latent_decoder().is_some();
+        if latent && request.decoder_condition == DecoderCondition::Caption {
+            return Err(self.karlo_only(
+                "decoder condition caption (a zero image embedding beside the caption's tokens)",
+            ));
+        }
         let settings = ResolvedSettings {
             prior_steps,
             decoder_steps,

@@ -107,6 +107,33 @@ pub fn assert_image_close(
     (max, above)
 }
 
+/// Largest allowed difference of a final uint8 value: float images that agree within
+/// IMAGE_TOL may round to the neighbouring level (1/255 ≈ 3.9e-3 > IMAGE_TOL); as for floats,
+/// ILL_CONDITIONED_SHARE of the values may differ more.
+pub const UINT8_TOL: u8 = 1;
+
+/// Final images against the reference's `dir/image_<i>.png`, within [`UINT8_TOL`].
+pub fn assert_reference_pngs(dir: &Path, images: &[image::RgbImage]) {
+    for (i, image) in images.iter().enumerate() {
+        let expected = image::open(dir.join(format!("image_{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(image.dimensions(), expected.dimensions());
+        let values = image.as_raw().len();
+        let above = image
+            .as_raw()
+            .iter()
+            .zip(expected.as_raw())
+            .filter(|(a, b)| a.abs_diff(**b) > UINT8_TOL)
+            .count();
+        assert!(
+            above as f64 <= ILL_CONDITIONED_SHARE * values as f64,
+            "{}: image {i}: {above} of {values} values differ by more than {UINT8_TOL} level",
+            dir.display()
+        );
+    }
+}
+
 /// The process-wide runtime on CPU, from the project's `.ort/` (scripts/setup-ort).
 pub fn runtime() -> unclip::Runtime {
     unclip::Runtime::builder()
