@@ -22,7 +22,7 @@ COPY --from=build /src/target/release/unclip /usr/local/bin/unclip
 COPY --from=build /src/.ort/libonnxruntime.so.1.31.1 /opt/onnxruntime/libonnxruntime.so.1.31.1
 COPY --from=build /src/models/shapes /models/default
 # MALLOC_ARENA_MAX=2: glibc's per-thread arenas otherwise fragment under hours of load
-# (docs/reliability.md: idle RSS +5.1% over a 30-minute soak, +0.8% with it).
+# and memory creeps up; two arenas keep it flat (docs/reliability.md, "Server soak").
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1 \
     MALLOC_ARENA_MAX=2 \
     UNCLIP_MODEL=/models/default \
