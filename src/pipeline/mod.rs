@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::{Array2, Axis};
 
 use crate::bundle::{Bundle, Layout};
 use crate::guidance;
@@ -24,7 +24,12 @@ use crate::{Error, Result};
 
 mod latent;
 mod metadata;
+mod pixel;
 mod request;
+mod run;
+
+pub(crate) use run::Release;
+use run::{NoiseTap, Run, StageClock};
 
 pub use crate::stages::MAX_BATCH;
 pub use crate::tensor::Tensor;
@@ -558,170 +563,11 @@ impl Pipeline {
         run.timings.push(clock.stop());
         Ok(out.image_embeddings)
     }
-
-    /// Karlo's image stages: the 64×64 decoder, then the upsamplers; images in [−1, 1].
-    #[allow(clippy::too_many_arguments)]
-    fn decode_pixels(
-        &self,
-        (decoder, upsamplers): (&Decoder, &[Upsampler]),
-        image_embeddings: &Array2<f32>,
-        text: &Conditioning,
-        request: &TextToImage,
-        settings: &ResolvedSettings,
-        tap: &mut NoiseTap<'_>,
-        observer: &mut Observer<'_>,
-        run: &mut Run,
-    ) -> Result<ndarray::Array4<f32>> {
-        let clock = StageClock::start("decoder", &decoder.models());
-        let release = Release(decoder.models().to_vec());
-        let initial = request.decoder_latents.as_ref().map(|given| {
-            let rows: Vec<usize> = (0..image_embeddings.nrows())
-                .map(|i| if given.shape()[0] == 1 { 0 } else { i })
-                .collect();
-            given.select(Axis(0), &rows)
-        });
-        let decoded = decoder.sample(
-            image_embeddings.view(),
-            text,
-            &settings.decoder_sampling(),
-            initial.as_ref().map(|a| a.view()),
-            tap,
-            observer,
-        )?;
-        drop(release);
-        run.timings.push(clock.stop());
-        run.keep(
-            "decoder_hidden_states",
-            Tensor::F32(decoded.hidden_states.into_dyn()),
-        );
-        run.keep(
-            "additive_clip_time_embeddings",
-            Tensor::F32(decoded.additive_clip_time_embeddings.into_dyn()),
-        );
-        run.keep("decoder_mask", Tensor::I64(decoded.mask.into_dyn()));
-        run.keep(
-            "decoder_out",
-            Tensor::F32(decoded.images.clone().into_dyn()),
-        );
-
-        // upsamplers, each fed the previous output clamped to [−1, 1]
-        let mut images = decoded.images;
-        for (i, upsampler) in upsamplers.iter().enumerate().take(settings.upsamplers) {
-            let clock = StageClock::start(&upsampler.name, &upsampler.models());
-            let release = Release(upsampler.models().to_vec());
-            if i > 0 {
-                images.mapv_inplace(|x| x.clamp(-1.0, 1.0));
-            }
-            let out = upsampler.sample(
-                i,
-                images.view(),
-                &settings.super_res_sampling(i),
-                tap,
-                observer,
-            )?;
-            drop(release);
-            run.timings.push(clock.stop());
-            let suffix = if i == 0 {
-                String::new()
-            } else {
-                format!("_{i}")
-            };
-            run.keep(
-                &format!("upsampled{suffix}"),
-                Tensor::F32(out.upsampled.into_dyn()),
-            );
-            run.keep(
-                &format!("sr_out{suffix}"),
-                Tensor::F32(out.images.clone().into_dyn()),
-            );
-            images = out.images;
-        }
-        Ok(images)
-    }
-}
-
-/// What a run collects besides its images: stage timings and, when asked, intermediates.
-struct Run {
-    timings: Vec<StageTiming>,
-    record: bool,
-    intermediates: BTreeMap<String, Tensor>,
-}
-
-impl Run {
-    fn keep(&mut self, name: &str, tensor: Tensor) {
-        if self.record {
-            self.intermediates.insert(name.to_string(), tensor);
-        }
-    }
 }
 
 /// An observer that never cancels.
 pub fn no_observer() -> impl FnMut(crate::stages::Progress) -> ControlFlow<()> {
     |_| ControlFlow::Continue(())
-}
-
-/// Records the noise drawn, for `--dump`.
-struct NoiseTap<'a> {
-    inner: &'a mut dyn NoiseSource,
-    drawn: Vec<ArrayD<f32>>,
-    record: bool,
-}
-
-impl NoiseSource for NoiseTap<'_> {
-    fn randn(&mut self, shape: &[usize]) -> Result<ArrayD<f32>> {
-        let noise = self.inner.randn(shape)?;
-        if self.record {
-            self.drawn.push(noise.clone());
-        }
-        Ok(noise)
-    }
-}
-
-/// Measures a stage's wall time and the ORT time of its models.
-struct StageClock<'a> {
-    stage: String,
-    started: Instant,
-    models: Vec<&'a Model>,
-    ort_before: f64,
-}
-
-impl<'a> StageClock<'a> {
-    fn start(stage: &str, models: &[&'a Model]) -> Self {
-        let mut unique: Vec<&Model> = Vec::new();
-        for m in models {
-            if !unique.iter().any(|u| std::ptr::eq(*u, *m)) {
-                unique.push(m);
-            }
-        }
-        let ort_before = unique.iter().map(|m| m.run_seconds()).sum();
-        StageClock {
-            stage: stage.to_string(),
-            started: Instant::now(),
-            models: unique,
-            ort_before,
-        }
-    }
-
-    fn stop(&self) -> StageTiming {
-        let ort_after: f64 = self.models.iter().map(|m| m.run_seconds()).sum();
-        StageTiming {
-            stage: self.stage.clone(),
-            seconds: self.started.elapsed().as_secs_f64(),
-            ort_seconds: ort_after - self.ort_before,
-        }
-    }
-}
-
-/// Low-memory mode: drops a stage's sessions when the stage ends, however it ends (a cancel or
-/// an error included). Outside low-memory mode [`Model::release`] does nothing.
-pub(crate) struct Release<'a>(pub(crate) Vec<&'a Model>);
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        for model in &self.0 {
-            model.release();
-        }
-    }
 }
 
 /// `repeat_interleave(n, dim=0)` of every tensor (diffusers repeats per image this way).
